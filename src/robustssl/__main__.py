@@ -1,0 +1,5 @@
+import sys
+
+from robustssl.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command line: ``robustssl VERB``; see ``robustssl --help``."""

@@ -1,0 +1,1 @@
+"""Metrics: accuracy, mIoU, depth errors, mCE, embedding drift, calibration, confidence intervals."""

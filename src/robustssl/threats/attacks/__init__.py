@@ -1,0 +1,5 @@
+"""One file per attack, all behind ``ATTACKS``."""
+
+from robustssl.threats.attacks.base import ATTACKS, Attack
+
+__all__ = ["ATTACKS", "Attack"]
