@@ -25,7 +25,15 @@ def collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     keys = samples[0].keys()
-    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys}
+    out = {}
+    for k in keys:
+        values = [torch.as_tensor(s[k]) for s in samples]
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"cannot batch {k!r}: samples have different shapes {sorted(shapes)[:4]}; "
+                             "load the dataset with a fixed size (e.g. size=224) to batch it")
+        out[k] = torch.stack(values)
+    return out
 
 
 class VisionDataset(Dataset):
@@ -37,6 +45,8 @@ class VisionDataset(Dataset):
     targets: tuple[str, ...] = ()
     num_classes: int | None = None
     class_names: list[str] | None = None
+    #: number of segmentation classes in ``mask`` (may differ from ``num_classes``, e.g. + background)
+    mask_classes: int | None = None
     #: (C, H, W) when every image has the same shape, else None
     image_shape: tuple[int, int, int] | None = None
     #: (min, max) metres of valid depth, for depth heads' bins
@@ -51,7 +61,7 @@ class VisionDataset(Dataset):
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False, indices: Sequence[int] | None = None,
                 num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batched samples; ``shuffle`` draws the order from ``generator``; ``indices`` restricts to a subset."""
+        """Batched samples; ``shuffle`` draws the order from ``generator``; ``indices`` picks a subset."""
         order = self._order(batch_size, shuffle, generator, indices)
         if num_workers > 0:
             loader = torch.utils.data.DataLoader(
@@ -79,7 +89,8 @@ class VisionDataset(Dataset):
         missing = [k for k in keys if k not in self.targets]
         if missing:
             why = f" for {purpose}" if purpose else ""
-            raise ValueError(f"dataset {self.name!r} ({self.split}) has no {', '.join(missing)} targets{why}; "
+            raise ValueError(f"dataset {self.name!r} ({self.split}) has no {', '.join(missing)} "
+                             f"targets{why}; "
                              f"it carries: {', '.join(self.targets) or 'none'}")
 
     def info(self) -> dict[str, Any]:
@@ -87,9 +98,19 @@ class VisionDataset(Dataset):
                 "targets": list(self.targets), "num_classes": self.num_classes}
 
 
+def _widen(key: str, value: torch.Tensor) -> torch.Tensor:
+    """Targets may be stored compactly (uint8 masks); samples carry int64 labels/masks, float32 depth."""
+    if key in ("label", "mask") and value.dtype != torch.int64:
+        return value.long()
+    if key == "depth" and value.dtype != torch.float32:
+        return value.float()
+    return value
+
+
 class TensorDataset(VisionDataset):
     """An in-memory dataset: ``images`` ``(N, 3, H, W)`` float in [0, 1] (or uint8, scaled on access) and
-    target tensors with a leading ``N``. Batching is one indexing operation."""
+    target tensors with a leading ``N`` (masks may be stored as uint8 and depth as float16: they are widened
+    to int64 / float32 on access). Batching is one indexing operation."""
 
     def __init__(self, images: torch.Tensor, *, name: str, split: str, num_classes: int | None = None,
                  class_names: list[str] | None = None, depth_range: tuple[float, float] | None = None,
@@ -98,10 +119,12 @@ class TensorDataset(VisionDataset):
             raise ValueError(f"{name}: images must be (N, C, H, W), got {tuple(images.shape)}")
         unknown = set(targets) - set(TARGET_KEYS)
         if unknown:
-            raise ValueError(f"{name}: unknown target keys {sorted(unknown)}; accepted: {', '.join(TARGET_KEYS)}")
+            raise ValueError(f"{name}: unknown target keys {sorted(unknown)}; "
+                             f"accepted: {', '.join(TARGET_KEYS)}")
         for key, value in targets.items():
             if value.shape[0] != images.shape[0]:
-                raise ValueError(f"{name}: {key} has {value.shape[0]} entries but there are {images.shape[0]} images")
+                raise ValueError(f"{name}: {key} has {value.shape[0]} entries but there are "
+                                 f"{images.shape[0]} images")
         self.images = images
         self.tensors = dict(targets)
         self.name, self.split = name, split
@@ -120,7 +143,7 @@ class TensorDataset(VisionDataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} samples")
         out = {"image": self._images(index)}
-        out.update({k: v[index] for k, v in self.tensors.items()})
+        out.update({k: _widen(k, v[index]) for k, v in self.tensors.items()})
         return out
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -132,5 +155,5 @@ class TensorDataset(VisionDataset):
             if drop_last and len(chunk) < batch_size:
                 break
             out = {"image": self._images(chunk)}
-            out.update({k: v[chunk] for k, v in self.tensors.items()})
+            out.update({k: _widen(k, v[chunk]) for k, v in self.tensors.items()})
             yield out

@@ -1,7 +1,7 @@
 """The ``Encoder`` contract: an ``nn.Module`` that owns its normalization.
 
-Subclasses implement ``_features(x_normalized) -> (B, C, h, w)`` and ``_pool(features) -> (B, D)`` or
-override ``_embed``/``_dense`` directly (ViTs: CLS token and patch tokens). Callers only use
+Subclasses implement ``_embed(x_normalized) -> (B, D)`` and ``_dense(x_normalized) -> (B, C, h, w)`` (ViTs:
+CLS token and patch tokens); the base class checks the input and normalizes it first. Callers only use
 
 - ``embed(x)`` -> ``(B, embed_dim)`` global embedding,
 - ``dense(x)`` -> ``(B, dense_dim, H / stride, W / stride)`` feature map,
@@ -33,6 +33,9 @@ class Normalize(nn.Module):
         super().__init__()
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
+        if mean is not None and std is not None and (len(mean) != len(std) or len(mean) not in (1, 3)):
+            raise ValueError(f"mean and std need 1 or 3 values each, got mean={tuple(mean)}, "
+                             f"std={tuple(std)}")
         if std is not None and any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {tuple(std)}")
         self.identity = mean is None
@@ -57,7 +60,8 @@ class Encoder(nn.Module):
     stride: int
     in_channels: int = 3
 
-    def __init__(self, mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD):
+    def __init__(self, mean: Sequence[float] | None = IMAGENET_MEAN,
+                 std: Sequence[float] | None = IMAGENET_STD):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.name: str = type(self).__name__
@@ -85,4 +89,5 @@ class Encoder(nn.Module):
         return self.embed(x)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, embed_dim={self.embed_dim}, dense_dim={self.dense_dim}, stride={self.stride}"
+        return (f"name={self.name!r}, embed_dim={self.embed_dim}, dense_dim={self.dense_dim}, "
+                f"stride={self.stride}")

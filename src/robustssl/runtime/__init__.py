@@ -4,7 +4,7 @@ from robustssl.runtime.device import resolve_device
 from robustssl.runtime.logging import get_logger
 from robustssl.runtime.precision import PRECISIONS, autocast
 from robustssl.runtime.progress import progress
-from robustssl.runtime.seeding import deterministic_mode, make_generator, split_generator
+from robustssl.runtime.seeding import deterministic_mode, make_generator, seeded_init, split_generator
 from robustssl.runtime.validation import check_image, input_checks, input_checks_enabled
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "make_generator",
     "progress",
     "resolve_device",
+    "seeded_init",
     "split_generator",
 ]

@@ -43,3 +43,15 @@ def deterministic_mode(enabled: bool = True) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_cudnn
         if prev_env is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Module construction inside the block draws its initial weights from ``seed``; the global RNG state
+    is restored afterwards, so nothing outside the block is affected (PyTorch initializers only read the
+    global generator)."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -25,4 +25,23 @@ class Corruption:
                 params: str = "auto") -> torch.Tensor:
         raise NotImplementedError
 
-    __call__ = corrupt
+    def __call__(self, x: torch.Tensor, severity: int, generator: torch.Generator | None = None,
+                 params: str = "auto") -> torch.Tensor:
+        # delegate at call time: a class-level alias would bind the base method and ignore subclass overrides
+        return self.corrupt(x, severity, generator, params)
+
+
+def resolve_params(x: torch.Tensor, params: str) -> str:
+    """``"auto"`` -> ``"cifar"`` when the shorter image side is below 64 pixels, else ``"imagenet"``."""
+    if params not in PARAM_SETS:
+        raise ValueError(f"unknown corruption parameter set {params!r}; accepted: {', '.join(PARAM_SETS)}")
+    if params != "auto":
+        return params
+    return "cifar" if min(x.shape[-2:]) < 64 else "imagenet"
+
+
+def check_severity(severity: object) -> int:
+    """Severities are the ints 1..5 (ImageNet-C's levels)."""
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
+    return severity

@@ -1,0 +1,237 @@
+"""Attack engine speed, as ratios against baselines run side by side in this process.
+
+1. PGD-k against a bare loop of k forward+backward passes on the same model and batch (bar: <= 1.05x).
+2. PGD, APGD and the AutoAttack-standard cascade against torchattacks 3.5.1 with the same budgets
+   (bar: no slower; AutoAttack: >= 2x faster at equal robust accuracy, +-0.5 points).
+3. bf16 autocast against fp32 for PGD and AutoAttack (speed and robust accuracy).
+
+Model: a CIFAR-style ResNet-18 (BasicBlocks [2, 2, 2, 2], base width ``--width``) with batch-norm statistics
+calibrated and its last layer fitted on synthetic 32x32 ten-class data (smooth class templates plus noise);
+labels are the true classes. Every timing is the median of ``--repeats`` runs, ours and the baseline
+alternating.
+
+    python benchmarks/attacks.py                  # ~5-10 minutes on 2 CPU cores
+    python benchmarks/attacks.py --quick          # a smoke run (~1-2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustssl.runtime.precision import autocast
+from robustssl.runtime.seeding import make_generator
+from robustssl.threats import OBJECTIVES, ThreatModel
+from robustssl.threats.attacks.apgd import APGD
+from robustssl.threats.attacks.autoattack import AutoAttack
+from robustssl.threats.attacks.pgd import PGD
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18 layout (3x3 stem, no max-pool), base width ``width`` (64 in the original)."""
+
+    def __init__(self, width: int = 16, n_classes: int = 10):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, cin = [], width
+        for i, w in enumerate(widths):
+            for j in range(2):
+                layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def synthetic(n: int, g: torch.Generator, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    templates = F.interpolate(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(99)),
+                              size=(32, 32), mode="bilinear", align_corners=False)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = (0.25 + 0.5 * templates[y] + noise * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def fit(model: ResNet18, x: torch.Tensor, y: torch.Tensor) -> ResNet18:
+    """Calibrate batch-norm statistics on ``x``, then fit the last layer (a linear probe on the random
+    features): seconds on a CPU, and the classifier has realistic margins (full training takes minutes)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 256):
+            model(x[i:i + 256])
+    model.eval()
+    with torch.no_grad():
+        raw = torch.cat([F.adaptive_avg_pool2d(model.layers(model.stem(x[i:i + 256])), 1).flatten(1)
+                         for i in range(0, len(x), 256)])
+    mean, std = raw.mean(0), raw.std(0) + 1e-6
+    probe = nn.Linear(raw.shape[1], 10)
+    opt = torch.optim.Adam(probe.parameters(), 1e-2)
+    for _ in range(300):
+        loss = F.cross_entropy(probe((raw - mean) / std), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # fold the feature standardization into the model's last layer
+        model.fc.weight.copy_(probe.weight / std)
+        model.fc.bias.copy_(probe.bias - (probe.weight * mean / std).sum(1))
+    return model
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def side_by_side(ours: Callable[[], object], base: Callable[[], object], repeats: int):
+    """Median seconds of ours and of the baseline, alternating runs; plus the last outputs."""
+    t_ours, t_base, out_ours, out_base = [], [], None, None
+    for _ in range(repeats):
+        dt, out_ours = timed(ours)
+        t_ours.append(dt)
+        dt, out_base = timed(base)
+        t_base.append(dt)
+    return statistics.median(t_ours), statistics.median(t_base), out_ours, out_base
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets, one repeat")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--eps", type=float, default=2 / 255)
+    parser.add_argument("--steps", type=int, default=10, help="PGD/APGD/FAB iterations")
+    parser.add_argument("--queries", type=int, default=100, help="Square queries")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.queries, args.repeats, args.batch = 5, 50, 1, 32
+    try:
+        import torchattacks
+        from torchattacks.wrappers.multiattack import MultiAttack
+    except ImportError:
+        print("torchattacks is needed for the baselines: make install-dev", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # a script, not library code: fixes the model's initial weights
+    g = torch.Generator().manual_seed(0)
+    model = ResNet18(args.width)
+    x_train, y_train = synthetic(1024, g)
+    seconds, _ = timed(lambda: fit(model, x_train, y_train))
+    x, y = synthetic(args.batch, g)
+    threat = ThreatModel("linf", args.eps)
+    ce = OBJECTIVES.create("ce")
+    k = args.steps
+    print(f"ResNet-18 (width {args.width}) fitted in {seconds:.0f}s; batch {args.batch} 3x32x32, "
+          f"eps {args.eps:.4f}, {k} steps, {args.queries} Square queries, {args.threads} threads, "
+          f"median of {args.repeats}; "
+          f"clean accuracy {100 * accuracy(model, x, y):.1f}%")
+    rows: list[tuple[str, float, float, str]] = []
+
+    def robust(x_adv: torch.Tensor) -> str:
+        return f"{100 * accuracy(model, x_adv, y):.1f}%"
+
+    # 1. PGD-k against k bare forward+backward passes (no early stop: the same k passes on both sides).
+    def bare_loop() -> torch.Tensor:
+        delta = torch.zeros_like(x)
+        for _ in range(k):
+            xg = (x + delta).requires_grad_(True)
+            loss = F.cross_entropy(model(xg), y)
+            grad, = torch.autograd.grad(loss, xg)
+            delta = (delta + args.eps / 4 * grad.sign()).clamp(-args.eps, args.eps)
+        return delta
+
+    pgd_fixed = PGD(steps=k, random_start=False, early_stop=False, keep_best=False)
+    ours, base, _, _ = side_by_side(lambda: pgd_fixed.attack(model, x, y, ce, threat), bare_loop,
+                                    args.repeats)
+    rows.append((f"PGD-{k} (no early stop) vs bare {k}x fwd+bwd loop", ours, base, "bar <= 1.05x"))
+
+    # 2. PGD and APGD against torchattacks, same budgets.
+    pgd = PGD(steps=k, step_size=args.eps / 4)
+    ta_pgd = torchattacks.PGD(model, eps=args.eps, alpha=args.eps / 4, steps=k)
+    ours, base, a, b = side_by_side(lambda: pgd.attack(model, x, y, ce, threat, make_generator(0)),
+                                    lambda: ta_pgd(x, y), args.repeats)
+    rows.append((f"PGD-{k} vs torchattacks.PGD", ours, base,
+                 f"robust {robust(a)} vs {robust(b)}"))
+    apgd = APGD(steps=k)
+    ta_apgd = torchattacks.APGD(model, eps=args.eps, steps=k, loss="ce", seed=0)
+    ours, base, a, b = side_by_side(lambda: apgd.attack(model, x, y, ce, threat, make_generator(0)),
+                                    lambda: ta_apgd(x, y), args.repeats)
+    rows.append((f"APGD-CE-{k} vs torchattacks.APGD", ours, base,
+                 f"robust {robust(a)} vs {robust(b)}"))
+
+    # 3. AutoAttack-standard against torchattacks' cascade with the same budgets.
+    aa = AutoAttack(steps=k, n_queries=args.queries, n_classes=10)
+    ta_aa = MultiAttack([
+        torchattacks.APGD(model, eps=args.eps, steps=k, loss="ce", n_restarts=1, seed=0),
+        torchattacks.APGDT(model, eps=args.eps, steps=k, n_classes=10, n_restarts=1, seed=0),
+        torchattacks.FAB(model, eps=args.eps, steps=k, multi_targeted=True, n_classes=10, n_restarts=1,
+                         seed=0),
+        torchattacks.Square(model, eps=args.eps, n_queries=args.queries, n_restarts=1, seed=0),
+    ])
+    ours, base, a, b = side_by_side(lambda: aa.attack(model, x, y, None, threat, make_generator(0)),
+                                    lambda: ta_aa(x, y), args.repeats)
+    fp32_report = aa.last_report
+    rows.append(("AutoAttack-standard vs torchattacks", ours, base,
+                 f"robust {robust(a)} vs {robust(b)}; bar >= 2x"))
+
+    # 4. bf16 autocast against fp32 (ours on both sides).
+    def bf16(images: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, "bf16"):
+            return model(images).float()
+
+    aa16 = AutoAttack(steps=k, n_queries=args.queries, n_classes=10)
+    ours, base, a, b = side_by_side(
+        lambda: aa16.attack(bf16, x, y, None, threat, make_generator(0)),
+        lambda: aa.attack(model, x, y, None, threat, make_generator(0)), args.repeats)
+    rows.append(("AutoAttack-standard bf16 vs fp32", ours, base,
+                 f"robust {robust(a)} vs {robust(b)} (judged in fp32)"))
+    ours, base, _, _ = side_by_side(lambda: pgd_fixed.attack(bf16, x, y, ce, threat),
+                                    lambda: pgd_fixed.attack(model, x, y, ce, threat), args.repeats)
+    rows.append((f"PGD-{k} bf16 vs fp32", ours, base, ""))
+
+    print(f"\n{'measurement':<46} {'ours s':>7} {'base s':>7} {'ours/base':>9} {'speed-up':>8}  note")
+    for name, t_ours, t_base, note in rows:
+        ratio = t_ours / t_base
+        print(f"{name:<46} {t_ours:>7.2f} {t_base:>7.2f} {ratio:>9.3f} {1 / ratio:>7.2f}x  {note}")
+    print("\nAutoAttack-standard (fp32) per stage, last run:")
+    print(fp32_report.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
