@@ -4,7 +4,7 @@ and the SimCLR views; each as images/s next to a baseline measured in the same r
 Baselines: ``torch.rand`` filling the same tensors (generation and views), and a plain tensor-indexing loop
 over a uint8 tensor of the same size (loading). A ratio of 1.0 means "as fast as the baseline".
 
-    python benchmarks/data.py [--threads 2] [--repeats 3]
+    python benchmarks/data.py [--threads 1] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def write_folder(root: Path, n: int, side: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread by default: on a 2-core machine shared with other jobs, two OpenMP threads spend most of
+    # their time at barriers (measured: 5-10x slower for elementwise-heavy scene rendering).
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -122,6 +122,17 @@ def test_depth_attack_raises_the_error(capsys):
     assert row["robust"]["abs_rel"] > row["clean"]["abs_rel"] and row["n"] == 8
 
 
+def test_segmentation_attack_with_segpgd_lowers_pixel_accuracy(capsys):
+    argv = ["--encoder", "convnet_small", "--task", "segmentation", "--attack", "pgd",
+            "--objective", "segpgd", "--eps", "16/255", "--steps", "3", "--n", "8", "--head-epochs", "1",
+            "--json", *SCENES]
+    assert _run(argv) == 0
+    import json
+
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["robust"]["pixel_accuracy"] < row["clean"]["pixel_accuracy"]
+
+
 @pytest.mark.parametrize(
     "argv, error, match",
     [

@@ -446,3 +446,13 @@ def test_eot_lifts_apgds_objective_override_over_the_draws():
     eot = EOT(APGD(steps=3, objective_override="dlr"), samples=2)
     x_adv = eot(model, x, y, OBJECTIVES.create("ce"), ThreatModel("linf", 8 / 255), gen())
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and not torch.equal(x_adv, x)
+
+
+def test_a_model_that_detaches_its_input_is_a_clear_error():
+    model, x = mlp(), images(4)
+
+    def detached(images):
+        return model(images.detach())
+
+    with pytest.raises(RuntimeError, match="bpda"):
+        PGD(steps=2)(detached, x, labels_of(model, x), OBJECTIVES.create("ce"), ThreatModel("linf", 0.1))

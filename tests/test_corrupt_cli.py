@@ -33,7 +33,8 @@ def _expected(ds: TensorDataset, name: str, severity: int, seed: int, n: int, ba
     parts = []
     for start in range(0, n, batch_size):
         x = ds.images[start:min(n, start + batch_size)].float() / 255
-        parts.append((corrupt(x, name, severity, g) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        y = (corrupt(x, name, severity, g) * 255).round().to(torch.uint8)
+        parts.append(y.permute(0, 2, 3, 1).numpy())
     return np.concatenate(parts)
 
 
@@ -89,13 +90,37 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, layout):
         write_corrupted(ds, resumed, on_batch=interrupt, **settings)
     stopped_at = seen[-1][:2]
     manifest = json.loads((resumed / MANIFEST).read_text())
-    assert stopped_at[1] not in manifest["done"].get(stopped_at[0], []), "an unfinished cell must not look done"
+    unfinished = manifest["done"].get(stopped_at[0], [])
+    assert stopped_at[1] not in unfinished, "an unfinished cell must not look done"
     if layout == "cifar":
         assert not (resumed / f"{stopped_at[0]}.npy").exists()
     calls = []
     write_corrupted(ds, resumed, on_batch=lambda *a: calls.append(a[:2]), **settings)
     assert (NAMES[0], 1) not in calls, "finished cells are skipped on resume"
     assert _tree(resumed) == _tree(tmp_path / "whole")
+
+
+def test_robustssl_data_reads_both_layouts_back(tmp_path):
+    if "cifar10-c" not in data.DATASETS or "imagenet-c" not in data.DATASETS:
+        pytest.skip("robustssl.data has no -C readers in this build")
+    ds = _dataset(n=5)
+    write_corrupted(ds, tmp_path / "c", corruptions=["snow"], layout="cifar", seed=3, batch_size=2)
+    back = data.load("cifar10-c", root=str(tmp_path / "c"), corruption="snow", severity=4)
+    batch = next(back.batches(5))
+    expected = torch.from_numpy(_expected(ds, "snow", 4, seed=3, n=5, batch_size=2)).permute(0, 3, 1, 2)
+    assert torch.equal((batch["image"] * 255).round().to(torch.uint8), expected)
+    assert batch["label"].tolist() == ds.tensors["label"].tolist()
+
+    write_corrupted(ds, tmp_path / "i", corruptions=["snow"], severities=[4], layout="imagenet", seed=3,
+                    batch_size=2)
+    back = data.load("imagenet-c", root=str(tmp_path / "i"), corruption="snow", severity=4, size=None)
+    assert len(back) == 5
+    got = sorted((int(s["label"]), tuple((s["image"] * 255).round().to(torch.uint8).flatten()[:16].tolist()))
+                 for s in (back[i] for i in range(5)))
+    expected = _expected(ds, "snow", 4, seed=3, n=5, batch_size=2)
+    want = sorted((int(label), tuple(torch.from_numpy(e).permute(2, 0, 1).flatten()[:16].tolist()))
+                  for label, e in zip(ds.tensors["label"], expected, strict=True))
+    assert got == want
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path):
@@ -107,8 +132,8 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
         write_corrupted(ds, tmp_path, corruptions=["fog"], severities=[1], layout="imagenet", seed=0, n=3,
                         params="imagenet")
     # same settings, more cells: allowed, and the finished one is kept
-    manifest = write_corrupted(ds, tmp_path, corruptions=["fog"], severities=[1, 2], layout="imagenet", seed=0,
-                               n=3)
+    manifest = write_corrupted(ds, tmp_path, corruptions=["fog"], severities=[1, 2], layout="imagenet",
+                               seed=0, n=3)
     assert manifest["done"] == {"fog": [1, 2]}
 
 

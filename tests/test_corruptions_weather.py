@@ -1,5 +1,5 @@
-"""Weather corruptions (snow, frost, fog, spatter): contract, building blocks against OpenCV / scipy / skimage,
-and fidelity to imagecorruptions 1.1.2 (the ImageNet-C reference) in distribution."""
+"""Weather corruptions (snow, frost, fog, spatter): contract, building blocks against OpenCV / scipy /
+skimage, and fidelity to imagecorruptions 1.1.2 (the ImageNet-C reference) in distribution."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustssl.threats.corruptions import CORRUPTIONS
-from robustssl.threats.corruptions import textures, weather
+from robustssl.threats.corruptions import CORRUPTIONS, textures, weather
 
 WEATHER = ["snow", "frost", "fog", "spatter"]
 
@@ -46,6 +45,14 @@ def test_contract_shape_range_and_generator(name, params, size):
 
 
 @pytest.mark.parametrize("name", WEATHER)
+def test_output_keeps_the_input_dtype(name):
+    x = _images(2, 32, 32)
+    y32 = CORRUPTIONS.create(name)(x, 3, torch.Generator().manual_seed(0))
+    y64 = CORRUPTIONS.create(name)(x.double(), 3, torch.Generator().manual_seed(0))
+    assert y64.dtype == torch.float64 and torch.allclose(y64.float(), y32)
+
+
+@pytest.mark.parametrize("name", WEATHER)
 def test_samples_get_independent_draws_and_severity_5_hurts_more_than_1(name):
     x = _images(1, 64, 64).repeat(4, 1, 1, 1)
     corruption = CORRUPTIONS.create(name)
@@ -77,7 +84,8 @@ def test_parameter_tables_are_the_published_ones():
     assert weather.SNOW_PARAMS["cifar"][4] == (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)
     assert weather.SNOW_PARAMS["imagenet"][2] == (0.55, 0.3, 4, 0.9, 12, 8, 0.7)
     assert weather.FOG_PARAMS["cifar"][0] == (0.2, 3) and weather.FOG_PARAMS["imagenet"][4] == (3.0, 1.4)
-    assert weather.FROST_PARAMS["cifar"][4] == (0.75, 0.45) and weather.FROST_PARAMS["imagenet"][1] == (0.8, 0.6)
+    assert weather.FROST_PARAMS["cifar"][4] == (0.75, 0.45)
+    assert weather.FROST_PARAMS["imagenet"][1] == (0.8, 0.6)
     assert weather.SPATTER_PARAMS["cifar"][3] == (0.65, 0.1, 0.7, 0.69, 0.6, 1)
     assert weather.SPATTER_PARAMS["imagenet"][4] == (0.67, 0.4, 1, 0.65, 1.5, 1)
 
@@ -88,7 +96,8 @@ def test_plasma_fractal_is_normalised_and_smoother_with_larger_decay():
     smooth = textures.plasma_fractal(8, 64, 3.0, g, torch.device("cpu"))
     for m in (rough, smooth):
         assert m.shape == (8, 64, 64)
-        assert torch.allclose(m.amin(dim=(1, 2)), torch.zeros(8)) and torch.allclose(m.amax(dim=(1, 2)), torch.ones(8))
+        assert torch.allclose(m.amin(dim=(1, 2)), torch.zeros(8))
+        assert torch.allclose(m.amax(dim=(1, 2)), torch.ones(8))
 
     def roughness(m):  # mean neighbour difference relative to the spread
         return ((m[:, 1:] - m[:, :-1]).abs().mean() / m.std()).item()
@@ -219,24 +228,48 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / (a - b).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10))
 
 
-def _gaussian_window(t: torch.Tensor) -> torch.Tensor:
-    """Local means under SSIM's 11x11 Gaussian window (sigma 1.5), computed separably, valid region only."""
-    g = torch.exp(-0.5 * ((torch.arange(11, dtype=t.dtype) - 5) / 1.5) ** 2)
-    g = g / g.sum()
-    c = t.shape[1]
-    t = F.conv2d(t, g.view(1, 1, 1, 11).expand(c, 1, 1, 11), groups=c)
-    return F.conv2d(t, g.view(1, 1, 11, 1).expand(c, 1, 11, 1), groups=c)
+def _box7(t: torch.Tensor) -> torch.Tensor:
+    """Means over every 7x7 window (valid region) from an integral image: cost independent of the window."""
+    c = F.pad(t.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    return (c[..., 7:, 7:] - c[..., :-7, 7:] - c[..., 7:, :-7] + c[..., :-7, :-7]) / 49
 
 
-def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM per image (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03)."""
-    mu_a, mu_b = _gaussian_window(a), _gaussian_window(b)
-    var_a = _gaussian_window(a * a) - mu_a ** 2
-    var_b = _gaussian_window(b * b) - mu_b ** 2
-    cov = _gaussian_window(a * b) - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.mean(dim=(1, 2, 3))
+class _SSIM:
+    """Mean SSIM of images to one reference batch ``x`` ``(B, C, H, W)``, as skimage's
+    ``structural_similarity`` defaults on each channel (7x7 uniform window, K1 = 0.01, K2 = 0.03, sample
+    covariances; Wang et al. 2004). The reference's window statistics are computed once and reused for every
+    comparison."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.double()
+        self.mu, self.var = _box7(self.x), _box7(self.x * self.x) * 49 / 48
+        self.var = self.var - self.mu ** 2 * 49 / 48
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.double()
+        mu_y = _box7(y)
+        var_y = (_box7(y * y) - mu_y ** 2) * 49 / 48
+        cov = (_box7(self.x * y) - self.mu * mu_y) * 49 / 48
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        num = (2 * self.mu * mu_y + c1) * (2 * cov + c2)
+        s = num / ((self.mu ** 2 + mu_y ** 2 + c1) * (self.var + var_y + c2))
+        return s.mean(dim=(1, 2, 3))
+
+
+def _luma(t: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma ``(B, 1, H, W)``: SSIM on luminance, as Wang et al. evaluate it."""
+    return 0.299 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
+
+
+def test_ssim_matches_skimage():
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 40, 50, generator=g)
+    b = (a + 0.2 * torch.rand(1, 3, 40, 50, generator=g)).clamp(0, 1)
+    ref = metrics.structural_similarity(a[0].double().numpy(), b[0].double().numpy(), channel_axis=0,
+                                        data_range=1.0)
+    # skimage averages over the window-cropped image, as we do
+    assert _SSIM(a)(b).item() == pytest.approx(ref, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", WEATHER)
@@ -245,8 +278,8 @@ def test_matches_imagecorruptions_in_distribution(name, reference, natural_image
     state = np.random.get_state()
     np.random.seed(1)  # the reference draws from numpy's global generator
     try:
-        refs = {s: np.stack([reference.corrupt(im, s, name) for im in natural_images.permute(0, 2, 3, 1).numpy()])
-                for s in range(1, 6)}
+        hwc = natural_images.permute(0, 2, 3, 1).numpy()
+        refs = {s: np.stack([reference.corrupt(im, s, name) for im in hwc]) for s in range(1, 6)}
     finally:
         np.random.set_state(state)
     g = torch.Generator().manual_seed(1)
@@ -258,8 +291,51 @@ def test_matches_imagecorruptions_in_distribution(name, reference, natural_image
             x = natural_images[start:start + chunk].float() / 255
             ref = torch.from_numpy(refs[severity][start:start + chunk]).permute(0, 3, 1, 2).float() / 255
             ours = (corruption(x, severity, g, "imagenet") * 255).round() / 255  # the reference returns uint8
+            ssim = _SSIM(_luma(x))
             for key, y in (("ref", ref), ("ours", ours)):
-                scores[key] += torch.stack([_psnr(x, y).sum(), _ssim(x, y).sum()])
+                scores[key] += torch.stack([_psnr(x, y).sum(), ssim(_luma(y)).sum()])
         for k, metric in enumerate(("PSNR", "SSIM")):
             r, o = scores["ref"][k].item(), scores["ours"][k].item()
-            assert abs(o / r - 1) <= tol, f"{name} severity {severity} {metric}: ours {o / 100:.3f} ref {r / 100:.3f}"
+            n = len(natural_images)
+            assert abs(o / r - 1) <= tol, f"{name} s{severity} {metric}: ours {o / n:.3f} ref {r / n:.3f}"
+
+
+def test_cifar_frost_matches_the_cifar_10_c_recipe_in_distribution(reference):
+    """make_cifar_c.py's frost (photograph shrunk to 0.2x, random 32x32 crop, blended) on imagecorruptions'
+    photographs, against our procedural layer with the ``cifar`` parameters: mean PSNR / SSIM within 5%."""
+    import glob
+    import os
+
+    import cv2
+
+    data = pytest.importorskip("skimage.data")
+    folder = os.path.join(os.path.dirname(reference.__file__), "frost")
+    photos = [cv2.resize(cv2.imread(f), (0, 0), fx=0.2, fy=0.2)[..., ::-1].astype(np.float32)
+              for f in sorted(glob.glob(os.path.join(folder, "frost*")))[:5]]  # randint(5): frost6 never used
+    rs = np.random.RandomState(0)
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.retina()]
+    crops = []
+    for k in range(200):
+        src = sources[k % len(sources)]
+        h, w = src.shape[:2]
+        side = rs.randint(64, min(h, w) + 1)
+        top, left = rs.randint(0, h - side + 1), rs.randint(0, w - side + 1)
+        crop = torch.from_numpy(src[top:top + side, left:left + side].copy()).permute(2, 0, 1)[None].float()
+        crops.append(F.interpolate(crop, size=(32, 32), mode="area"))
+    x8 = torch.cat(crops).round().clamp(0, 255).to(torch.uint8)
+    x = x8.float() / 255
+    ssim = _SSIM(_luma(x))
+    g = torch.Generator().manual_seed(0)
+    for severity in range(1, 6):
+        a, b = weather.FROST_PARAMS["cifar"][severity - 1]
+        refs = []
+        for image in x8.permute(0, 2, 3, 1).numpy().astype(np.float32):
+            photo = photos[rs.randint(5)]
+            i, j = rs.randint(0, photo.shape[0] - 32), rs.randint(0, photo.shape[1] - 32)
+            refs.append(np.uint8(np.clip(a * image + b * photo[i:i + 32, j:j + 32], 0, 255)))
+        ref = torch.from_numpy(np.stack(refs)).permute(0, 3, 1, 2).float() / 255
+        ours = (CORRUPTIONS.create("frost")(x, severity, g, "cifar") * 255).round() / 255
+        for metric, r, o in (("PSNR", _psnr(x, ref), _psnr(x, ours)),
+                             ("SSIM", ssim(_luma(ref)), ssim(_luma(ours)))):
+            r, o = r.mean().item(), o.mean().item()
+            assert abs(o / r - 1) <= 0.05, f"cifar frost s{severity} {metric}: ours {o:.3f} ref {r:.3f}"

@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class QuickstartConfig:
     name: str = "demo"
     out_root: str = "runs"
     encoder: str = "convnet_small"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int = 32
     n_train: int = 4000
     n_val: int = 500
@@ -104,9 +105,9 @@ def run(cfg: QuickstartConfig | None = None) -> Path:
 
     # The baseline is the SimCLR encoder's own starting point: same architecture, same initial weights.
     with seeded_init(cfg.seed):
-        random_init = encoders.create(cfg.encoder)
+        random_init = encoders.create(cfg.encoder, **cfg.encoder_kwargs)
     with seeded_init(cfg.seed):
-        simclr_encoder = encoders.create(cfg.encoder)
+        simclr_encoder = encoders.create(cfg.encoder, **cfg.encoder_kwargs)
         method = METHODS.create("simclr", encoder=simclr_encoder)
     train_cfg = TrainConfig(steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr,
                             warmup_steps=cfg.pretrain_steps // 10, device=cfg.device, precision=cfg.precision,

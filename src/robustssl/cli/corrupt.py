@@ -15,15 +15,17 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(part) for part in _names(text)]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,5, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,5, got {text!r}") \
+            from exc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "corrupt", help="write a corrupted copy of a dataset (CIFAR-10-C / ImageNet-C layout)",
-        description="Corrupt a dataset with every chosen corruption x severity and write it in the CIFAR-10-C "
-                    "layout (<corruption>.npy + labels.npy) or the ImageNet-C layout "
-                    "(<corruption>/<severity>/<class>/<index>.png). Interrupted runs resume where they stopped.")
+        description="Corrupt a dataset with every chosen corruption x severity and write it in the "
+                    "CIFAR-10-C layout (<corruption>.npy + labels.npy) or the ImageNet-C layout "
+                    "(<corruption>/<severity>/<class>/<index>.png). Interrupted runs resume where they "
+                    "stopped.")
     parser.add_argument("--data", required=True, help="dataset name (see `robustssl data list`)")
     parser.add_argument("--root", default=None, help="dataset directory (default: the dataset's own default)")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
@@ -35,9 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5],
                         help="comma-separated severities in 1..5 (default all; the cifar layout needs all)")
     parser.add_argument("--layout", default="auto", choices=("cifar", "imagenet", "auto"),
-                        help="output layout; auto: cifar for fixed-size images below 64 pixels, else imagenet")
+                        help="output layout; auto: cifar for fixed-size images below 64 pixels, "
+                             "else imagenet")
     parser.add_argument("--n", type=int, default=None, help="corrupt only the first N samples (default all)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; each corruption/severity derives its own")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="base seed; each corruption/severity derives its own")
     parser.add_argument("--batch-size", type=int, default=64, help="images corrupted per batch (default 64)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     parser.set_defaults(func=run)

@@ -93,6 +93,10 @@ class VisionDataset(Dataset):
                              f"targets{why}; "
                              f"it carries: {', '.join(self.targets) or 'none'}")
 
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, size={len(self)}, "
+                f"image_shape={self.image_shape}, targets={self.targets})")
+
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "size": len(self), "image_shape": self.image_shape,
                 "targets": list(self.targets), "num_classes": self.num_classes}

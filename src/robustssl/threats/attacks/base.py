@@ -9,8 +9,8 @@ Every attack
   a forward of a batch of B images adds B to ``fwd``, a backward through it adds B to ``bwd`` (so early
   stopping, which shrinks the batch, shows up as saved work).
 
-Shared machinery for gradient attacks (``_new_call``, ``_output``, ``_loss_and_grad``, ``select``) lives here
-so every attack counts and differentiates the same way.
+Shared machinery for gradient attacks (``_new_call``, ``_begin``, ``_output``, ``_loss_and_grad``,
+``BestPoints``, ``select``, ``build_attack``) lives here so every attack counts and differentiates alike.
 """
 
 from __future__ import annotations
@@ -126,7 +126,15 @@ class Attack:
         with torch.enable_grad():
             out = forward(x)
             loss = objective.loss(out, target, reference, progress)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
+            grad = None
+            if loss.requires_grad:
+                (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+        if grad is None:
+            raise RuntimeError(
+                f"attack {self.name!r}: the loss does not depend differentiably on the input (the model "
+                "detaches it, e.g. a numpy or no_grad preprocessing); attack it with 'bpda' and that "
+                "preprocessing, or with a score-based attack ('square')"
+            )
         self.counts["fwd"] += x.shape[0]
         self.counts["bwd"] += x.shape[0]
         return loss.detach(), grad.detach(), detach(out)

@@ -16,8 +16,6 @@ point within ``eps`` is found: within the threat model that is the same verdict,
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from robustssl.threats.attacks.base import ATTACKS, Attack, Forward
@@ -122,8 +120,8 @@ class FAB(Attack):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``x``: (B, ...) in [0, 1]; ``target``: (B,) int labels. Returns ``x_adv`` of ``x``'s shape."""
         generator = self._new_call(threat, x, generator)
-        if target is None or target.dim() != 1 or target.shape[0] != x.shape[0]:
-            got = None if target is None else tuple(target.shape)
+        if not isinstance(target, torch.Tensor) or target.shape != x.shape[:1]:
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
             raise ValueError(f"FAB needs integer labels of shape ({x.shape[0]},); got {got}")
         x = x.detach()
         y = target.to(device=x.device, dtype=torch.long)
@@ -176,10 +174,8 @@ class FAB(Attack):
         return (x0 + radius.view(view) * direction).clamp(0.0, 1.0)
 
     def _boundary(self, forward: Forward, xa: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
-                  need_grad: bool, threat: ThreatModel) -> tuple[torch.Tensor, Any, Any]:
-        """Logits at ``xa`` and the closest linearized boundary: value ``f`` (N,) and gradient (N, ...)."""
-        if not need_grad:
-            return self._output(forward, xa).float(), None, None
+                  threat: ThreatModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at ``xa`` (N, K) and the nearest linearized boundary: ``f`` (N,) and its gradient."""
         n = xa.shape[0]
         rows = torch.arange(n, device=xa.device)
         if t is not None:
@@ -260,7 +256,7 @@ class FAB(Attack):
         for it in range(self.steps):
             xa = x1[active]
             t_a = None if t is None else t[active]
-            logits, f, grad = self._boundary(forward, xa, y[active], t_a, True, threat)
+            logits, f, grad = self._boundary(forward, xa, y[active], t_a, threat)
             if unchecked:
                 is_adv, keep = self._record(xa, logits, active, x0, y, idx, threat, best, best_norm)
                 adv_rate = float(is_adv.float().mean())
@@ -269,7 +265,7 @@ class FAB(Attack):
                     pull = is_adv & keep
                     if bool(pull.any()):
                         t_p = None if t_a is None else t_a[pull]
-                        _, f_p, g_p = self._boundary(forward, xa[pull], y[active][pull], t_p, True, threat)
+                        _, f_p, g_p = self._boundary(forward, xa[pull], y[active][pull], t_p, threat)
                         f[pull], grad[pull] = f_p, g_p
                 active, xa, f, grad = active[keep], xa[keep], f[keep], grad[keep]
                 if active.numel() == 0:

@@ -21,8 +21,8 @@ def names(family: str | None = None) -> list[str]:
 
 def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None,
             params: str = "auto") -> torch.Tensor:
-    """Corrupt a batch ``(B, 3, H, W)`` (or one image ``(3, H, W)``) float in [0, 1] with corruption ``name`` at
-    ``severity`` 1..5; returns the same shape, dtype and device, values in [0, 1].
+    """Corrupt a batch ``(B, 3, H, W)`` (or one image ``(3, H, W)``) float in [0, 1] with corruption
+    ``name`` at ``severity`` 1..5; returns the same shape, dtype and device, values in [0, 1].
 
     ``params`` picks the published parameter set: ``"cifar"`` (CIFAR-10-C), ``"imagenet"`` (ImageNet-C) or
     ``"auto"`` (``cifar`` when the shorter side is below 64 pixels). Random corruptions draw from

@@ -21,7 +21,8 @@ def corrupt_sample(sample: Mapping[str, torch.Tensor], name: str, severity: int,
     """A new dict equal to ``sample`` with ``image`` (``(3, H, W)`` or ``(B, 3, H, W)`` in [0, 1]) corrupted;
     every other key (``label``, ``mask``, ``depth``, ...) is carried over untouched."""
     if "image" not in sample:
-        raise KeyError(f"corrupt_sample: the sample has no 'image' key; it has: {', '.join(sample) or 'none'}")
+        raise KeyError("corrupt_sample: the sample has no 'image' key; it has: "
+                       f"{', '.join(sample) or 'none'}")
     out = dict(sample)
     out["image"] = corrupt(sample["image"], name, severity, generator, params)
     return out
@@ -38,7 +39,8 @@ class CorruptedDataset(VisionDataset):
                  params: str = "auto"):
         CORRUPTIONS.get(name)
         check_severity(severity)
-        self.dataset, self.corruption, self.severity, self.seed, self.params = dataset, name, severity, seed, params
+        self.dataset, self.corruption, self.severity = dataset, name, severity
+        self.seed, self.params = seed, params
         for attr in ("split", "targets", "num_classes", "class_names", "image_shape", "depth_range"):
             setattr(self, attr, getattr(dataset, attr))
         self.name = f"{dataset.name}-{name}-{severity}"
@@ -48,5 +50,6 @@ class CorruptedDataset(VisionDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index) % len(self) if -len(self) <= int(index) < len(self) else int(index)
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.corruption, self.severity, index))
+        seed = derive_seed(self.seed, self.corruption, self.severity, index)
+        generator = torch.Generator().manual_seed(seed)
         return corrupt_sample(self.dataset[index], self.corruption, self.severity, generator, self.params)

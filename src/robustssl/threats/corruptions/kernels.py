@@ -1,5 +1,5 @@
-"""Filters and resampling for the corruptions: border-exact padding, Gaussian / disk / line kernels, separable
-linear resampling and the per-image random draws they need. All batched over ``(B, C, H, W)``.
+"""Filters and resampling for the corruptions: border-exact padding, Gaussian / disk / line kernels, Pillow's
+resampling matrices and the random draws the corruptions make. All batched over ``(B, C, H, W)``.
 
 Border modes are named after what they do, because every reference library spells them differently:
 
@@ -7,8 +7,10 @@ Border modes are named after what they do, because every reference library spell
 * ``"symmetric"``  -- ``cba|abcd|dcb``  (scipy/skimage ``reflect``: half-sample symmetric)
 * ``"reflect101"`` -- ``dcb|abcd|cba``  (OpenCV ``BORDER_REFLECT_101``, as in ``filter2D``; torch ``reflect``)
 
-Padding is done by index arithmetic rather than ``F.pad`` so that any pad width works, also one wider than the
-image (ImageNet-C kernels are up to 21 px wide and must still apply to a 16-px image).
+Where ``F.pad`` cannot (symmetric borders, reflections wider than the image: ImageNet-C kernels are up to
+21 px wide and must still apply to a 16-px image) padding falls back to index arithmetic, valid for any width.
+Filtering avoids torch's CPU convolution, which is slow for one-channel kernels: separable filters are dense
+matrix products with the border folded in, 2-D kernels go through the FFT.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 BORDER_MODES = ("replicate", "symmetric", "reflect101")
 
@@ -40,6 +43,10 @@ def border_index(n: int, before: int, after: int, mode: str, device: torch.devic
 def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
     """Pad the last two dims of ``(..., H, W)`` with a named border ``mode`` (any width)."""
     h, w = x.shape[-2:]
+    # torch's own padding is much faster than index_select where it applies
+    if x.dim() in (3, 4) and (mode == "replicate" or (mode == "reflect101" and max(top, bottom) < h
+                                                       and max(left, right) < w)):
+        return F.pad(x, (left, right, top, bottom), mode="replicate" if mode == "replicate" else "reflect")
     if top or bottom:
         x = x.index_select(-2, border_index(h, top, bottom, mode, x.device))
     if left or right:
@@ -107,28 +114,30 @@ def _fft_length(n: int) -> int:
 
 
 def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect101") -> torch.Tensor:
-    """OpenCV ``filter2D``: correlate each channel of ``(B, C, H, W)`` with an odd ``(k, k)`` kernel.
+    """OpenCV ``filter2D``: correlate each channel of ``(B, C, H, W)`` with an odd ``(k, k)`` kernel, or each
+    image with its own kernel from a ``(B, k, k)`` stack.
 
     Runs through the FFT (as OpenCV does for wide kernels; on CPU torch's single-channel convolution is far
     slower), on the image padded with the border ``mode`` by at least the kernel radius, so that the kept
     region is free of wrap-around.
     """
     h, w = x.shape[-2:]
+    stack = kernel if kernel.dim() == 3 else kernel[None]
     # all-zero outer rings contribute nothing, so cropping them is exact and saves most of the work for the
     # 17x17 support that small defocus disks are drawn on
-    r = kernel.shape[0] // 2
-    nz = (kernel != 0).nonzero()
+    r = stack.shape[-1] // 2
+    nz = (stack != 0).any(0).nonzero()
     keep = int((nz - r).abs().max()) if nz.numel() else 0
-    kernel = kernel[r - keep:r + keep + 1, r - keep:r + keep + 1].to(x.dtype)
+    stack = stack[:, r - keep:r + keep + 1, r - keep:r + keep + 1].to(x.dtype)
     if keep == 0:
-        return x * kernel[0, 0]
+        return x * stack[:, None, :1, :1]
     ph, pw = _fft_length(h + 2 * keep), _fft_length(w + 2 * keep)
     padded = pad2d(x, keep, ph - h - keep, keep, pw - w - keep, mode)
     # correlation = convolution with the flipped kernel, centred on index 0 of the circular grid
-    spread = torch.zeros(ph, pw, dtype=x.dtype, device=x.device)
-    spread[:2 * keep + 1, :2 * keep + 1] = kernel.flip(0, 1)
-    spread = spread.roll((-keep, -keep), (0, 1))
-    out = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.fft.rfft2(spread), s=(ph, pw))
+    spread = torch.zeros(stack.shape[0], ph, pw, dtype=x.dtype, device=x.device)
+    spread[:, :2 * keep + 1, :2 * keep + 1] = stack.flip(-2, -1)
+    spread = spread.roll((-keep, -keep), (1, 2))
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.fft.rfft2(spread)[:, None], s=(ph, pw))
     return out[..., keep:keep + h, keep:keep + w].contiguous()
 
 

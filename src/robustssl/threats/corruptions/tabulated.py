@@ -46,8 +46,8 @@ class TabulatedCorruption(Corruption):
         out = torch.empty_like(x)
         step = max(1, CPU_CHUNK_ELEMENTS // x[0].numel())
         for start in range(0, x.shape[0], step):
-            part = self.apply(work[start:start + step], c, generator, table)
-            torch.clamp(part, 0.0, 1.0, out=out[start:start + step])
+            part = self.apply(work[start:start + step], c, generator, table).clamp(0.0, 1.0)
+            out[start:start + step] = part
         return out
 
     __call__ = corrupt

@@ -84,9 +84,9 @@ FROST_STYLES = (
     ((137.6, 152.8, 165.2), (25.8, 25.9, 27.2), (28.5, 28.5, 29.9)),    # frost4: grey-blue crystals
     ((112.4, 123.4, 134.8), (36.1, 35.7, 34.9), (44.4, 43.3, 41.7)),    # frost5: high-contrast ferns
 )
-# Texture mix, fitted so that, per channel, the share of the texture's variance inside an 11x11 Gaussian window
-# (what SSIM sees) and the mean local standard deviation approach the photographs' at ImageNet-C's scale
-# (0.41 and 13.5; dense short needles keep the local contrast as even as in the photographs).
+# Texture mix, fitted so that, per channel, the share of the texture's variance inside an 11x11 Gaussian
+# window (what SSIM sees) and the mean local standard deviation approach the photographs' at ImageNet-C's
+# scale (0.41 and 13.5; dense short needles keep the local contrast as even as in the photographs).
 _FILM_DECAY, _NEEDLE_WEIGHT, _NEEDLE_LENGTH, _NEEDLE_DENSITY = 1.3, 1.05, 6, 0.03
 
 

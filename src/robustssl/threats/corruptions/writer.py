@@ -8,9 +8,9 @@ Layouts (what robustssl.data's ``-C`` readers read back):
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a file under its final
 name is always complete. ``manifest.json`` records the settings (dataset, split, n, layout, params, seed,
-batch size) and which (corruption, severity) cells are finished; a rerun skips those and refuses different
-settings. Cell ``(c, s)`` draws from a generator seeded with ``derive_seed(seed, c, s)``, so a resumed run
-writes the same bytes as an uninterrupted one.
+batch size), the class names in label order, and which (corruption, severity) cells are finished; a rerun
+skips those and refuses different settings. Cell ``(c, s)`` draws from a generator seeded with
+``derive_seed(seed, c, s)``, so a resumed run writes the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def _load_manifest(out: Path, settings: dict[str, Any]) -> dict[str, list[int]]:
                          "or pick another --out") from exc
     changed = [f"{k}: was {old[k]!r}, now {settings[k]!r}" for k in _SETTINGS if old[k] != settings[k]]
     if changed:
-        raise ValueError(f"{str(out)!r} was written with other settings ({'; '.join(changed)}); resuming would "
-                         "mix incompatible files. Rerun with the original settings or pick a new --out")
+        raise ValueError(f"{str(out)!r} was written with other settings ({'; '.join(changed)}); "
+                         "resuming would mix incompatible files. Rerun with the original settings or pick a "
+                         "new --out")
     return done
 
 
@@ -103,7 +104,7 @@ def write_corrupted(dataset: VisionDataset, out: str | os.PathLike, *,
                     batch_size: int = 64, device: torch.device | str = "cpu",
                     on_batch: Callable[[str, int, int], None] | None = None,
                     show_progress: bool | None = None) -> dict[str, Any]:
-    """Corrupt the first ``n`` samples of ``dataset`` with every corruption × severity and write them to ``out``.
+    """Corrupt the first ``n`` samples of ``dataset`` with every corruption × severity; write them to ``out``.
 
     ``corruptions`` defaults to every registered one. ``layout`` ``auto`` picks ``cifar`` for fixed-size
     images with a side below 64 pixels, else ``imagenet``; the ``cifar`` layout needs all five severities and
@@ -133,8 +134,8 @@ def write_corrupted(dataset: VisionDataset, out: str | os.PathLike, *,
         layout = "cifar" if shape is not None and min(shape[-2:]) < 64 else "imagenet"
     if layout == "cifar":
         if sevs != [1, 2, 3, 4, 5]:
-            raise ValueError(f"the cifar layout stacks all five severities in one file; got severities {sevs}. "
-                             "Use --layout imagenet for a subset")
+            raise ValueError("the cifar layout stacks all five severities in one file; got severities "
+                             f"{sevs}. Use --layout imagenet for a subset")
         if shape is None:
             raise ValueError(f"the cifar layout needs images of one size; dataset {dataset.name!r} has mixed "
                              "sizes. Use --layout imagenet")
@@ -147,6 +148,10 @@ def write_corrupted(dataset: VisionDataset, out: str | os.PathLike, *,
     done = _load_manifest(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"format": _FORMAT, "robustssl": __version__, **settings, "done": done}
+    if dataset.class_names is not None:
+        # the folder names in label order: robustssl.data's -C readers map folders back to labels with it
+        names_in_order = dataset.class_names
+        manifest["class_names"] = [_class_dir(k, names_in_order) for k in range(len(names_in_order))]
 
     device = torch.device(device)
     has_labels = "label" in dataset.targets
@@ -158,8 +163,8 @@ def write_corrupted(dataset: VisionDataset, out: str | os.PathLike, *,
             for severity in sevs:
                 if severity in done.get(name, []):
                     continue
-                labels = _write_cell(dataset, out, name, severity, layout, params, seed, n, batch_size, device,
-                                     on_batch, bar)
+                labels = _write_cell(dataset, out, name, severity, layout, params, seed, n, batch_size,
+                                     device, on_batch, bar)
                 if layout == "cifar" and has_labels and not (out / "labels.npy").exists():
                     _save_npy(out / "labels.npy", _label_array(np.tile(labels, 5)))
                 done[name] = sorted({*done.get(name, []), severity})
