@@ -75,10 +75,16 @@ def test_fixture_is_meaningfully_robust(robust_model):
 
 def test_apgd_ce_matches_torchattacks(robust_model):
     model, x, y = robust_model
-    ours = APGD(steps=20).attack(model, x, y, OBJECTIVES.create("ce"), ThreatModel("linf", EPS),
-                                 torch.Generator().manual_seed(0))
-    reference = torchattacks.APGD(model, norm="Linf", eps=EPS, steps=20, loss="ce", seed=0)(x, y)
-    assert abs(_accuracy(model, ours, y) - _accuracy(model, reference, y)) <= 0.01 + 1e-9
+    # Both start from a random point, so one seed's robust accuracy moves by about a point on 256 points
+    # (seen: 36.7-37.5% ours, 35.9-37.5% theirs); the bar is on the mean over seeds.
+    ours, theirs = [], []
+    for seed in range(3):
+        adv = APGD(steps=20).attack(model, x, y, OBJECTIVES.create("ce"), ThreatModel("linf", EPS),
+                                    torch.Generator().manual_seed(seed))
+        ours.append(_accuracy(model, adv, y))
+        ref = torchattacks.APGD(model, norm="Linf", eps=EPS, steps=20, loss="ce", seed=seed)(x, y)
+        theirs.append(_accuracy(model, ref, y))
+    assert abs(sum(ours) / 3 - sum(theirs) / 3) <= 0.01 + 1e-9, (ours, theirs)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

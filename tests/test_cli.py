@@ -28,7 +28,9 @@ def test_console_entry_point_runs_as_module():
     assert out.returncode == 0 and "robustssl" in out.stdout
 
 
-@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("0.5", 0.5), ("1e-3", 1e-3), (" 2/255 ", 2 / 255)])
+@pytest.mark.parametrize(
+    "text, value", [("8/255", 8 / 255), ("0.5", 0.5), ("1e-3", 1e-3), (" 2/255 ", 2 / 255)]
+)
 def test_fraction_parses(text, value):
     assert fraction(text) == pytest.approx(value)
 

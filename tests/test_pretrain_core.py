@@ -52,13 +52,20 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     steps, warm = 100, 10
     f = [lr_factor(s, steps, warm) for s in range(steps)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
     assert lr_factor(steps, steps, warm) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(55, steps, warm) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"steps": 0}, "steps"), ({"optimizer": "adam2"}, "optimizer"),
-                                           ({"lr": -1.0}, "lr"), ({"warmup_steps": 500}, "warmup")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 0}, "steps"),
+        ({"optimizer": "adam2"}, "optimizer"),
+        ({"lr": -1.0}, "lr"),
+        ({"warmup_steps": 500}, "warmup"),
+    ],
+)
 def test_train_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)

@@ -18,8 +18,9 @@ def scenes_small():
 def _method(seed: int = 0):
     with seeded_init(seed):
         encoder = rs.encoders.create("convnet_small", widths=(8, 16, 16, 32))
-        return METHODS.create("simclr", encoder=encoder, proj_hidden_dim=32, proj_dim=16,
-                              views=SimCLRViews.preset("tiny"))
+        return METHODS.create(
+            "simclr", encoder=encoder, proj_hidden_dim=32, proj_dim=16, views=SimCLRViews.preset("tiny")
+        )
 
 
 def _config(**kw):
@@ -32,7 +33,8 @@ def test_seeded_init_is_reproducible_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     a, b, c = _method(0), _method(0), _method(1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs)
     assert not torch.equal(a.encoder.blocks[0].conv.weight, c.encoder.blocks[0].conv.weight)
 
 
@@ -50,7 +52,7 @@ def test_training_changes_the_weights_and_lowers_the_loss(scenes_small):
     method = _method()
     before = [p.detach().clone() for p in method.encoder.parameters()]
     summary = train(method, scenes_small, _config(steps=12, lr=0.3))
-    assert any(not torch.equal(a, b) for a, b in zip(before, method.encoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.encoder.parameters(), strict=True))
     assert summary["loss"] < 2 * torch.log(torch.tensor(31.0)).item()  # below chance for 2B-1 = 31 candidates
 
 
@@ -75,7 +77,7 @@ def test_kill_and_resume_gives_the_same_weights(scenes_small, tmp_path):
     resumed = _method()
     summary = train(resumed, scenes_small, _config(checkpoint_every=2), out_dir=tmp_path / "run", resume=True)
     assert summary["resumed_at"] == 4
-    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 
 

@@ -32,7 +32,9 @@ class Registry(Generic[T]):
         self._entries: dict[str, Callable[..., T]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str | None = None, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str | None = None, **meta: Any
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: ``@REG.register("name", key=value)`` (the name defaults to the function's)."""
 
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:

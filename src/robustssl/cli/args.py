@@ -23,10 +23,14 @@ def fraction_list(text: str) -> list[float]:
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--precision``, ``--seed``, ``--deterministic``: the same on every verb that computes."""
+    """``--device``, ``--precision``, ``--seed``, ``--deterministic``: alike on every verb that computes."""
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
-    group.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                       help="autocast precision for forward passes (bf16 is ~3x faster on recent CPUs)")
+    group.add_argument(
+        "--precision",
+        default="fp32",
+        choices=sorted(PRECISIONS),
+        help="autocast precision for forward passes (bf16 is ~3x faster on recent CPUs)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seed of every generator this run creates")
     group.add_argument("--deterministic", action="store_true", help="ask PyTorch for deterministic kernels")

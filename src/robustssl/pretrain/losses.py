@@ -11,8 +11,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     2B − 1 others. ``z1``, ``z2``: (B, D) projections of two views of the same B images. Returns a scalar.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"nt_xent expects two (B, D) tensors of equal shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent expects two (B, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if z1.shape[0] < 2:
         raise ValueError(f"nt_xent needs a batch of at least 2 images, got {z1.shape[0]}")
     if not temperature > 0:

@@ -17,9 +17,12 @@ class PretrainMethod(nn.Module):
     def __init__(self, encoder: Encoder):
         super().__init__()
         if not isinstance(encoder, Encoder):
-            raise TypeError(f"pretraining needs a robustssl Encoder (embed/dense), got {type(encoder).__name__}")
+            raise TypeError(
+                f"pretraining needs a robustssl Encoder (embed/dense), got {type(encoder).__name__}"
+            )
         self.encoder = encoder
 
-    def training_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator
-                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

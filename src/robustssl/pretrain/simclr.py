@@ -13,14 +13,25 @@ from robustssl.pretrain.method import METHODS, PretrainMethod
 
 def projector(in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> nn.Sequential:
     """The 2-layer MLP projection head of SimCLR (its output feeds the loss; the encoder is what we keep)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
 
 
 @METHODS.register("simclr")
 class SimCLR(PretrainMethod):
-    def __init__(self, encoder: Encoder, *, temperature: float = 0.5, proj_hidden_dim: int = 512,
-                 proj_dim: int = 128, views: SimCLRViews | None = None):
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        temperature: float = 0.5,
+        proj_hidden_dim: int = 512,
+        proj_dim: int = 128,
+        views: SimCLRViews | None = None,
+    ):
         super().__init__(encoder)
         if not temperature > 0:
             raise ValueError(f"simclr: temperature must be > 0, got {temperature}")
@@ -28,9 +39,13 @@ class SimCLR(PretrainMethod):
         self.projector = projector(encoder.embed_dim, proj_hidden_dim, proj_dim)
         self.views = views or SimCLRViews()
 
-    def training_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator
-                      ) -> tuple[torch.Tensor, dict[str, float]]:
-        x1, x2 = self.views(batch["image"], generator=generator), self.views(batch["image"], generator=generator)
+    def training_loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x1, x2 = (
+            self.views(batch["image"], generator=generator),
+            self.views(batch["image"], generator=generator),
+        )
         z1, z2 = self.projector(self.encoder.embed(x1)), self.projector(self.encoder.embed(x2))
         loss = nt_xent(z1, z2, self.temperature)
         return loss, {"nt_xent": float(loss.detach())}

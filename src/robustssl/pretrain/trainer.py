@@ -58,7 +58,9 @@ class TrainConfig:
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
         if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
+            raise ValueError(
+                f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}"
+            )
 
     def resume_key(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -80,7 +82,9 @@ def lr_factor(step: int, steps: int, warmup_steps: int) -> float:
 
 def build_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -90,31 +94,49 @@ def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tenso
     per_epoch = n // batch_size
     epoch, position = divmod(step, per_epoch)
     order = torch.randperm(n, generator=make_generator(seed * 100_003 + epoch))
-    return order[position * batch_size:(position + 1) * batch_size]
+    return order[position * batch_size : (position + 1) * batch_size]
 
 
 STATE_FILE = "train_state.safetensors"
 
 
-def _save_state(path: Path, step: int, method: PretrainMethod, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, aug_gen: torch.Generator,
-                config: TrainConfig) -> None:
-    state = {"step": step, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "aug_generator": aug_gen.get_state(),
-             "resume_key": config.resume_key()}
+def _save_state(
+    path: Path,
+    step: int,
+    method: PretrainMethod,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    aug_gen: torch.Generator,
+    config: TrainConfig,
+) -> None:
+    state = {
+        "step": step,
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "aug_generator": aug_gen.get_state(),
+        "resume_key": config.resume_key(),
+    }
     save_state(path, state)
 
 
-def _load_state(path: Path, method: PretrainMethod, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, aug_gen: torch.Generator,
-                config: TrainConfig) -> int:
+def _load_state(
+    path: Path,
+    method: PretrainMethod,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    aug_gen: torch.Generator,
+    config: TrainConfig,
+) -> int:
     try:
         state = load_state(path)
     except (ValueError, OSError) as exc:
         raise ValueError(f"cannot resume from {path}: not a readable training state ({exc})") from exc
     if state.get("resume_key") != config.resume_key():
-        raise ValueError(f"cannot resume from {path}: it was written with {state.get('resume_key')}, "
-                         f"this run has {config.resume_key()}; use a new --out or the same settings")
+        raise ValueError(
+            f"cannot resume from {path}: it was written with {state.get('resume_key')}, "
+            f"this run has {config.resume_key()}; use a new --out or the same settings"
+        )
     method.load_state_dict(state["method"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -122,21 +144,31 @@ def _load_state(path: Path, method: PretrainMethod, optimizer: torch.optim.Optim
     return int(state["step"])
 
 
-def train(method: PretrainMethod, dataset: VisionDataset, config: TrainConfig, out_dir: str | Path | None = None,
-          method_name: str | None = None, resume: bool = False) -> dict[str, Any]:
+def train(
+    method: PretrainMethod,
+    dataset: VisionDataset,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    method_name: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train ``method`` on ``dataset`` for ``config.steps`` steps; write ``encoder.safetensors`` (+ JSON),
-    ``config.json`` and (every ``checkpoint_every`` steps and at the end) ``train_state.safetensors`` under ``out_dir``.
-    With ``resume=True`` an existing ``train_state.safetensors`` there is continued exactly. Returns a summary."""
+    ``config.json`` and (every ``checkpoint_every`` steps and at the end) ``train_state.safetensors`` under
+    ``out_dir``. With ``resume=True`` an existing ``train_state.safetensors`` there is continued exactly.
+    Returns a summary."""
     if len(dataset) < config.batch_size:
-        raise ValueError(f"dataset {dataset.name!r} has {len(dataset)} samples, fewer than one batch "
-                         f"of {config.batch_size}")
+        raise ValueError(
+            f"dataset {dataset.name!r} has {len(dataset)} samples, fewer than one batch "
+            f"of {config.batch_size}"
+        )
     if resume and out_dir is None:
         raise ValueError("resume needs the out_dir of the run to continue")
     device = resolve_device(config.device)
     method.to(device).train()
     optimizer = build_optimizer(method.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.steps, config.warmup_steps))
+        optimizer, lambda s: lr_factor(s, config.steps, config.warmup_steps)
+    )
     aug_gen = make_generator(config.seed + 1, device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -146,18 +178,24 @@ def train(method: PretrainMethod, dataset: VisionDataset, config: TrainConfig, o
         first = _load_state(out / STATE_FILE, method, optimizer, scheduler, aug_gen, config)
         log.info("resuming %s at step %d/%d", out / STATE_FILE, first, config.steps)
     start, last_logs = time.perf_counter(), {}
-    bar = progress(range(first, config.steps), desc=f"pretrain {method_name or type(method).__name__}",
-                   total=config.steps - first)
+    bar = progress(
+        range(first, config.steps),
+        desc=f"pretrain {method_name or type(method).__name__}",
+        total=config.steps - first,
+    )
     for step in bar:
         indices = _batch_indices(len(dataset), config.batch_size, config.seed, step)
-        batch = {k: v.to(device, non_blocking=True)
-                 for k, v in next(dataset.batches(config.batch_size, indices=indices)).items()}
+        batch = {
+            k: v.to(device, non_blocking=True)
+            for k, v in next(dataset.batches(config.batch_size, indices=indices)).items()
+        }
         with autocast(device, config.precision):
             loss, logs = method.training_loss(batch, aug_gen)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"loss became {float(loss)} at step {step}; stopped before updating the weights "
-                f"(the last checkpoint in {out} is intact). Lower the learning rate or use --precision fp32.")
+                f"loss became {float(loss.detach())} at step {step}; stopped before updating the weights "
+                f"(the last checkpoint in {out} is intact). Lower the learning rate or use --precision fp32."
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -165,8 +203,13 @@ def train(method: PretrainMethod, dataset: VisionDataset, config: TrainConfig, o
         last_logs = {"loss": float(loss.detach()), **logs}
         bar.set_postfix(loss=f"{last_logs['loss']:.3f}")
         if config.log_every and (step + 1) % config.log_every == 0:
-            log.info("step %d/%d loss %.4f lr %.4g", step + 1, config.steps, last_logs["loss"],
-                     scheduler.get_last_lr()[0])
+            log.info(
+                "step %d/%d loss %.4f lr %.4g",
+                step + 1,
+                config.steps,
+                last_logs["loss"],
+                scheduler.get_last_lr()[0],
+            )
         if out is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             _save_state(out / STATE_FILE, step + 1, method, optimizer, scheduler, aug_gen, config)
     seconds = time.perf_counter() - start
@@ -176,6 +219,9 @@ def train(method: PretrainMethod, dataset: VisionDataset, config: TrainConfig, o
         _save_state(out / STATE_FILE, config.steps, method, optimizer, scheduler, aug_gen, config)
         resolved = {"method": method_name, "dataset": dataset.name, **asdict(config)}
         (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        summary["checkpoint"] = str(save_checkpoint(method.encoder, out / "encoder.safetensors",
-                                                    method=method_name, epoch=None, config=resolved))
+        summary["checkpoint"] = str(
+            save_checkpoint(
+                method.encoder, out / "encoder.safetensors", method=method_name, epoch=None, config=resolved
+            )
+        )
     return summary

@@ -1,4 +1,4 @@
-"""Progress bars for long work. Off when stderr is not a terminal unless forced, and with ROBUSTSSL_PROGRESS=0."""
+"""Progress bars for long work: off when stderr is not a terminal (unless forced) or ROBUSTSSL_PROGRESS=0."""
 
 from __future__ import annotations
 
@@ -21,8 +21,21 @@ def _enabled(force: bool | None) -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None,
-             enabled: bool | None = None, **kwargs: Any) -> tqdm:
+def progress(
+    iterable: Iterable[T] | None = None,
+    *,
+    desc: str = "",
+    total: int | None = None,
+    enabled: bool | None = None,
+    **kwargs: Any,
+) -> tqdm:
     """A tqdm bar over ``iterable`` (or a manual bar when ``iterable`` is None)."""
-    return tqdm(iterable, desc=desc, total=total, disable=not _enabled(enabled), dynamic_ncols=True,
-                leave=False, **kwargs)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        disable=not _enabled(enabled),
+        dynamic_ncols=True,
+        leave=False,
+        **kwargs,
+    )

@@ -42,10 +42,14 @@ def check_image(x: object, where: str = "input", channels: int | None = 3, force
     if x.dim() != 4:
         raise ValueError(f"{where}: expected images of shape (B, C, H, W), got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{where}: expected {channels} channels (B, {channels}, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{where}: expected {channels} channels (B, {channels}, H, W), got shape {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
-        raise ValueError(f"{where}: expected a float image in [0, 1], got dtype {x.dtype}; "
-                         "divide uint8 images by 255 first")
+        raise ValueError(
+            f"{where}: expected a float image in [0, 1], got dtype {x.dtype}; "
+            "divide uint8 images by 255 first"
+        )
     if x.numel() == 0:
         return
     lo, hi = torch.aminmax(x.detach())
@@ -53,5 +57,7 @@ def check_image(x: object, where: str = "input", channels: int | None = 3, force
     if lo != lo or hi != hi:
         raise ValueError(f"{where}: image contains NaN")
     if lo < -_TOLERANCE or hi > 1 + _TOLERANCE:
-        raise ValueError(f"{where}: image values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
-                         "robustssl images are unnormalized (encoders normalize inside)")
+        raise ValueError(
+            f"{where}: image values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
+            "robustssl images are unnormalized (encoders normalize inside)"
+        )
