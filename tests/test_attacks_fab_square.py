@@ -5,7 +5,6 @@ counts) for every registered entry, on a small ConvNet trained in the module fix
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linprog, minimize
 from torch import nn
 
@@ -17,34 +16,9 @@ NAMES = ["fab", "fab-t", "square"]
 EPS = {"linf": 8 / 255, "l2": 0.5}
 
 
-def _data(n: int, g: torch.Generator, size: int = 12):
-    """Ten classes: smooth random templates plus pixel noise, in [0, 1]."""
-    templates = F.interpolate(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(7)),
-                              size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = (0.25 + 0.5 * templates[y] + 0.3 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    return x, y
-
-
 @pytest.fixture(scope="module")
-def trained():
-    g = torch.Generator().manual_seed(0)
-    x, y = _data(1200, g)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(8 * 36, 10))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(6):
-        for i in range(0, len(x), 100):
-            loss = F.cross_entropy(net(x[i:i + 100]), y[i:i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-    xt, yt = _data(64, g)
-    return net, xt, yt
+def trained(small_classifier):
+    return small_classifier(template_seed=7, size=12, n_train=1200, n_test=64, epochs=6)
 
 
 def _accuracy(model, x, y):

@@ -24,25 +24,15 @@ EPS = 8 / 255
 N = 256
 
 
-def _data(n: int, g: torch.Generator, size: int = 12):
-    templates = F.interpolate(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(1234)),
-                              size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = (0.25 + 0.5 * templates[y] + 0.3 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    return x, y
-
-
 @pytest.fixture(scope="module")
-def robust_model():
+def robust_model(template_data, init_normal):
     """FGSM-with-random-start adversarial training (Wong et al. 2020) for a few epochs."""
     g = torch.Generator().manual_seed(0)
-    x, y = _data(1500, g)
+    x, y = template_data(1500, g, size=12, template_seed=1234)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                         nn.Linear(128, 10))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.dim() > 1 else 0.0))
+    init_normal(net, g, 0.2, bias_std=0.0)
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     for _ in range(10):
         perm = torch.randperm(len(x), generator=g)
@@ -56,7 +46,7 @@ def robust_model():
             loss.backward()
             opt.step()
     net.eval()
-    xt, yt = _data(N, g)
+    xt, yt = template_data(N, g, size=12, template_seed=1234)
     return net, xt, yt
 
 

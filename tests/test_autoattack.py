@@ -5,8 +5,6 @@ and input errors. Small budgets: the strength of the cascade is checked against 
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from robustssl.threats import ATTACKS, ThreatModel
 from robustssl.threats.attacks.apgd import APGD, APGDTargeted
@@ -19,33 +17,9 @@ from robustssl.threats.attacks.square import Square
 EPS = 10 / 255
 
 
-def _data(n: int, g: torch.Generator, size: int = 10):
-    templates = F.interpolate(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(11)),
-                              size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = (0.25 + 0.5 * templates[y] + 0.3 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    return x, y
-
-
 @pytest.fixture(scope="module")
-def trained():
-    g = torch.Generator().manual_seed(0)
-    x, y = _data(1000, g)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(8 * 25, 10))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(5):
-        for i in range(0, len(x), 100):
-            loss = F.cross_entropy(net(x[i:i + 100]), y[i:i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-    xt, yt = _data(48, g)
-    return net, xt, yt
+def trained(small_classifier):
+    return small_classifier(template_seed=11, size=10, n_train=1000, n_test=48, epochs=5)
 
 
 class _Recorder(Attack):

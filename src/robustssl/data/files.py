@@ -61,17 +61,24 @@ def manifest_class_names(base: Path) -> list[str] | None:
     return names
 
 
+def positions_in(dirs: list[str], names: list[str], where: str,
+                 what: str = "the given class names") -> list[int]:
+    """The label of each class folder in ``dirs``: the position of its name in ``names`` (``what`` and
+    ``where`` word the ValueError raised for folders not in it)."""
+    position = {name: i for i, name in enumerate(names)}
+    unknown = [d for d in dirs if d not in position]
+    if unknown:
+        raise ValueError(f"{where}: class folders {unknown[:5]} are not in {what} ({len(names)} names, "
+                         f"e.g. {names[:3]})")
+    return [position[d] for d in dirs]
+
+
 def class_folders(folder: Path, class_names: list[str] | None) -> tuple[list[str], list[int]]:
     """Class sub-folders of ``folder`` and the label of each: the position in ``class_names`` when given,
     the number itself when every folder is an integer, else the sorted position."""
     dirs = subdirs(folder)
     if class_names is not None:
-        position = {name: i for i, name in enumerate(class_names)}
-        unknown = [d for d in dirs if d not in position]
-        if unknown:
-            raise ValueError(f"{folder}: class folders {unknown[:5]} are not in the given class names "
-                             f"({len(class_names)} names, e.g. {class_names[:3]})")
-        return dirs, [position[d] for d in dirs]
+        return dirs, positions_in(dirs, class_names, str(folder))
     if dirs and all(d.isdigit() for d in dirs):
         dirs = sorted(dirs, key=int)
         return dirs, [int(d) for d in dirs]

@@ -20,7 +20,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from robustssl.data.base import DATASETS, VisionDataset
-from robustssl.data.files import CorruptFileError, class_folders, manifest_class_names, resolve_root, subdirs
+from robustssl.data.files import (
+    CorruptFileError,
+    class_folders,
+    manifest_class_names,
+    positions_in,
+    resolve_root,
+    subdirs,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 #: ImageNet evaluation resize: shorter side to size / 0.875, then a centre crop (224 <- 256)
@@ -164,12 +171,7 @@ def _shift_set(name: str, root: str | None, split: str, layout: str, size: int |
         class_dirs = wnid_dirs
         indices = None
         if reference is not None:
-            position = {w: i for i, w in enumerate(reference)}
-            unknown = [w for w in wnid_dirs if w not in position]
-            if unknown:
-                raise ValueError(f"{name}: class folders not in the ImageNet class list: "
-                                 f"{', '.join(unknown[:5])}")
-            indices = [position[w] for w in wnid_dirs]
+            indices = positions_in(wnid_dirs, reference, name, "the ImageNet class list")
         names = class_dirs
     elif index_dirs:
         class_dirs, indices = index_dirs, [int(d) for d in index_dirs]

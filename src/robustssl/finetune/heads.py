@@ -119,16 +119,21 @@ def extract_features(encoder: Encoder, dataset: VisionDataset, kind: str = "embe
     return torch.cat(features), {k: torch.cat(v) for k, v in targets.items()}
 
 
-def _num_classes(dataset: VisionDataset, labels: torch.Tensor) -> int:
-    """Classes of a classification dataset: its ``num_classes``, else inferred from the labels seen."""
-    declared = dataset.num_classes
-    seen = int(labels.max()) + 1
+def _declared_or_seen(dataset: VisionDataset, declared: int | None, seen: int, declares: str,
+                      has: str) -> int:
+    """The class count ``declared`` by ``dataset``, checked against the count ``seen`` in its data (max
+    value + 1); ``seen`` when nothing is declared. ``declares`` / ``has`` word the two in the error."""
     if declared is None:
         return seen
     if seen > declared:
-        raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) declares num_classes={declared} "
-                         f"but has label {seen - 1}")
+        raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) declares {declares} but has {has}")
     return int(declared)
+
+
+def _num_classes(dataset: VisionDataset, labels: torch.Tensor) -> int:
+    """Classes of a classification dataset: its ``num_classes``, else inferred from the labels seen."""
+    declared, seen = dataset.num_classes, int(labels.max()) + 1
+    return _declared_or_seen(dataset, declared, seen, f"num_classes={declared}", f"label {seen - 1}")
 
 
 def _mask_classes(dataset: VisionDataset, masks: torch.Tensor) -> int:
@@ -142,12 +147,8 @@ def _mask_classes(dataset: VisionDataset, masks: torch.Tensor) -> int:
         declared = dataset.num_classes
     labelled = masks[masks != IGNORE_INDEX]
     seen = int(labelled.max()) + 1 if labelled.numel() else 1
-    if declared is None:
-        return seen
-    if seen > declared:
-        raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) declares {declared} mask classes "
-                         f"but has mask value {seen - 1} (255 is ignore)")
-    return int(declared)
+    return _declared_or_seen(dataset, declared, seen, f"{declared} mask classes",
+                             f"mask value {seen - 1} (255 is ignore)")
 
 
 # --- linear probe -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Optional autocast: ``fp32`` (off), ``bf16`` (about 3x faster for a ResNet-18 on recent x86 CPUs), ``fp16``."""
+"""Optional autocast: ``fp32`` (off), ``bf16`` (about 3x faster for a ResNet-18 on recent CPUs), ``fp16``."""
 
 from __future__ import annotations
 

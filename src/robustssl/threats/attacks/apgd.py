@@ -288,10 +288,7 @@ class APGDTargeted(APGD):
         """``x``: (B, C, H, W) in [0, 1]; ``target``: (B,) true labels. Returns ``x_adv``."""
         generator = self._new_call(threat, x, generator)
         objective = objective if objective is not None else CrossEntropy()
-        clean = self._output(forward, x)
-        if not isinstance(clean, torch.Tensor) or clean.dim() != 2:
-            got = tuple(clean.shape) if isinstance(clean, torch.Tensor) else type(clean).__name__
-            raise ValueError(f"apgd-t attacks classifiers: forward must return logits (B, K), got {got}")
+        clean = self._classifier_logits(forward, x)
         dlr = DLRTargeted()
         objective.validate(clean, target)
         n_classes = clean.shape[1]

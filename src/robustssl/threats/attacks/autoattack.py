@@ -190,15 +190,9 @@ class AutoAttack(Attack):
         """``x``: (B, C, H, W) in [0, 1]; ``target``: (B,) labels. Returns ``x_adv`` (B, C, H, W); the
         per-stage breakdown is in ``self.last_report``."""
         generator = self._new_call(threat, x, generator)
-        if target is None or not isinstance(target, torch.Tensor) or target.shape != x.shape[:1]:
-            got = None if not isinstance(target, torch.Tensor) else tuple(target.shape)
-            raise ValueError(f"AutoAttack needs integer labels of shape ({x.shape[0]},); got {got}")
         x = x.detach()
-        y = target.to(device=x.device, dtype=torch.long)
-        logits = self._output(forward, x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"AutoAttack attacks classifiers: forward must return logits (B, K), got {got}")
+        y = self._labels(x, target)
+        logits = self._classifier_logits(forward, x)
         if self.n_classes is not None and logits.shape[1] != self.n_classes:
             raise ValueError(f"AutoAttack was built for n_classes={self.n_classes}, but the model returns "
                              f"{logits.shape[1]} logits")

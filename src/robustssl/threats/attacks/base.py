@@ -10,7 +10,8 @@ Every attack
   stopping, which shrinks the batch, shows up as saved work).
 
 Shared machinery for gradient attacks (``_new_call``, ``_begin``, ``_output``, ``_loss_and_grad``,
-``BestPoints``, ``select``, ``build_attack``) lives here so every attack counts and differentiates alike.
+``BestPoints``, ``select``, ``build_attack``; ``_labels`` and ``_classifier_logits`` for the classifier-only
+attacks) lives here so every attack counts and differentiates alike.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ class Attack:
             out = forward(x)
         self.counts["fwd"] += x.shape[0]
         return out
+
+    def _labels(self, x: torch.Tensor, target: Any) -> torch.Tensor:
+        """``target`` checked to hold one label per image of ``x``; as long on ``x``'s device."""
+        if not isinstance(target, torch.Tensor) or target.shape != x.shape[:1]:
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+            raise ValueError(f"{self.name} needs integer labels of shape ({x.shape[0]},); got {got}")
+        return target.to(device=x.device, dtype=torch.long)
+
+    def _classifier_logits(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` as ``_output``, checked to be a classifier's logits (B, K)."""
+        logits = self._output(forward, x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"{self.name} attacks classifiers: forward must return logits (B, K), got {got}")
+        return logits
 
     def _begin(
         self, forward: Forward, x: torch.Tensor, target: Any, objective: Objective

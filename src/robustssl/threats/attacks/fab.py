@@ -120,16 +120,9 @@ class FAB(Attack):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``x``: (B, ...) in [0, 1]; ``target``: (B,) int labels. Returns ``x_adv`` of ``x``'s shape."""
         generator = self._new_call(threat, x, generator)
-        if not isinstance(target, torch.Tensor) or target.shape != x.shape[:1]:
-            got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
-            raise ValueError(f"FAB needs integer labels of shape ({x.shape[0]},); got {got}")
         x = x.detach()
-        y = target.to(device=x.device, dtype=torch.long)
-        logits = self._output(forward, x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"FAB attacks classifiers: forward must return logits (B, K); got {shape}")
-        logits = logits.float()
+        y = self._labels(x, target)
+        logits = self._classifier_logits(forward, x).float()
         self._n_classes = logits.shape[1]
         best = x.clone()
         best_norm = torch.full((x.shape[0],), float("inf"), device=x.device)
