@@ -221,20 +221,14 @@ def _evaluate_encoder(
 ) -> list[dict[str, Any]]:
     records = []
     n_attack = min(cfg.attack_n, len(test_ds))
+    log.info("%s: fitting the linear probe, segmentation and depth heads", enc_name)
+    probe = fit_linear_probe(encoder, train_ds, val_ds, device=device)[0]
+    seg, depth = (fit_dense_head(encoder, train_ds, val_ds, task=t, epochs=cfg.head_epochs, device=device)[0]
+                  for t in ("segmentation", "depth"))
     tasks = {
-        "classification": (fit_linear_probe(encoder, train_ds, val_ds, device=device)[0], "label", ("top1",)),
-        "segmentation": (
-            fit_dense_head(
-                encoder, train_ds, val_ds, task="segmentation", epochs=cfg.head_epochs, device=device
-            )[0],
-            "mask",
-            ("miou",),
-        ),
-        "depth": (
-            fit_dense_head(encoder, train_ds, val_ds, task="depth", epochs=cfg.head_epochs, device=device)[0],
-            "depth",
-            ("rmse",),
-        ),
+        "classification": (probe, "label", ("top1",)),
+        "segmentation": (seg, "mask", ("miou",)),
+        "depth": (depth, "depth", ("rmse",)),
     }
     for task, (head, target_key, metrics) in tasks.items():
         model = TaskModel(encoder, head.to(device).eval(), task).eval()
@@ -248,6 +242,7 @@ def _evaluate_encoder(
             indices=range(n_attack),
         )
         clean_seconds = time.perf_counter() - start
+        log.info("%s: PGD on the %s head (%d images, %d steps)", enc_name, task, n_attack, cfg.pgd_steps)
         adv_batches, seconds, fwd, bwd = _attack_dataset(model, test_ds, cfg, device, target_key)
         robust = _evaluate_batches(model, adv_batches, cfg, test_ds)
         for metric in metrics:
@@ -268,6 +263,7 @@ def _evaluate_encoder(
                     bwd,
                 )
             )
+    log.info("%s: PGD on the embedding", enc_name)
     records.append(_embedding_attack(cfg, enc_name, encoder, test_ds, device))
     return records
 
