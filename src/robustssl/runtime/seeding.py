@@ -47,11 +47,14 @@ def deterministic_mode(enabled: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def seeded_init(seed: int) -> Iterator[None]:
-    """Module construction inside the block draws its initial weights from ``seed``; the global RNG state
-    is restored afterwards, so nothing outside the block is affected (PyTorch initializers only read the
-    global generator)."""
-    if not isinstance(seed, int) or seed < 0:
+    """Module construction inside the block draws its initial weights from ``seed``.
+
+    PyTorch's initializers only read the default CPU generator, so only that one is re-seeded (not the CUDA
+    generators, which ``torch.manual_seed`` would also reset), and its state is restored on exit: nothing
+    outside the block sees a difference. Build modules on the CPU inside the block, then move them.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         yield
