@@ -73,17 +73,61 @@ def filter_matrix(n: int, kernel: torch.Tensor, mode: str) -> torch.Tensor:
     return matrix.scatter_add_(1, source, kernel.expand(n, k).contiguous())
 
 
+#: output rows per block of a banded filter product on CPU (see ``_banded_spans``)
+BAND_BLOCK = 32
+
+
+def _banded_spans(matrix: torch.Tensor) -> list[tuple[int, int, int, int]] | None:
+    """Blocks ``(i0, i1, c0, c1)`` covering the rows of a filter matrix, each with the column range outside
+    which its rows are zero; None when blocking would not save at least a third of the dense product.
+
+    A short kernel's matrix is a band (border folds stay within the kernel radius of the edge), so multiplying
+    ``BAND_BLOCK``-row blocks by only their columns does the same sums, skipping the zeros: ~1.3-1.5x faster
+    on CPU for the small Gaussians of glass blur, gaussian blur and the elastic field. Spans come from the
+    actual nonzeros, so any border mode is handled (a wrapping one just falls back to the dense product).
+    """
+    m, n = matrix.shape
+    nonzero = matrix != 0
+    first = nonzero.to(torch.uint8).argmax(1).tolist()
+    last = (n - 1 - nonzero.flip(1).to(torch.uint8).argmax(1)).tolist()
+    spans = []
+    for i0 in range(0, m, BAND_BLOCK):
+        i1 = min(m, i0 + BAND_BLOCK)
+        spans.append((i0, i1, min(first[i0:i1]), max(last[i0:i1]) + 1))
+    if sum((i1 - i0) * (c1 - c0) for i0, i1, c0, c1 in spans) * 3 > 2 * m * n:
+        return None
+    return spans
+
+
+def band_matmul_last(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``x @ matrix.T`` (a linear map along the last axis), block-banded on CPU where that saves work."""
+    spans = _banded_spans(matrix) if x.device.type == "cpu" else None
+    if spans is None:
+        return x @ matrix.T
+    return torch.cat([x[..., c0:c1] @ matrix[i0:i1, c0:c1].T for i0, i1, c0, c1 in spans], -1)
+
+
+def band_matmul_rows(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` (a linear map along the second-to-last axis), block-banded on CPU where that saves
+    work."""
+    spans = _banded_spans(matrix) if x.device.type == "cpu" else None
+    if spans is None:
+        return matrix @ x
+    return torch.cat([matrix[i0:i1, c0:c1] @ x[..., c0:c1, :] for i0, i1, c0, c1 in spans], -2)
+
+
 def correlate_separable(x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor, mode: str) -> torch.Tensor:
     """Correlate each channel of ``(B, C, H, W)`` with ``ky ⊗ kx`` (odd lengths), border ``mode``.
 
-    Computed as ``My @ x @ Mx.T`` with the borders folded into dense filter matrices: for kernels of up to ~50
-    taps a BLAS matrix product is several times faster on CPU than torch's single-channel convolution.
+    Computed as ``My @ x @ Mx.T`` with the borders folded into filter matrices: for kernels of up to ~50 taps
+    a BLAS matrix product is several times faster on CPU than torch's single-channel convolution, and for
+    short kernels the products are split into blocks that skip the zeros off the band.
     """
     h, w = x.shape[-2:]
     if kx.numel() > 1:
-        x = x @ filter_matrix(w, kx.to(x.dtype), mode).T
+        x = band_matmul_last(x, filter_matrix(w, kx.to(x.dtype), mode))
     if ky.numel() > 1:
-        x = filter_matrix(h, ky.to(x.dtype), mode) @ x
+        x = band_matmul_rows(filter_matrix(h, ky.to(x.dtype), mode), x)
     return x
 
 

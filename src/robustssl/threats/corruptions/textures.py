@@ -49,27 +49,29 @@ def plasma_fractal(batch: int, mapsize: int, wibbledecay: float, generator: torc
     step, wibble = mapsize, 100.0
 
     def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
-        return total / 4 + uniform(tuple(total.shape), generator, device, -wibble * wibble, wibble * wibble)
+        # the same draw as uniform(-wibble^2, wibble^2), scaled in place to save passes over the level
+        u = uniform(tuple(total.shape), generator, device)
+        return u.mul_(2 * wibble * wibble).sub_(wibble * wibble).add_(total, alpha=0.25)
 
     while step >= 2:
         half = step // 2
         # squares: the centre of every step-sized square is the mean of its four corners
         corners = maps[:, 0::step, 0::step]
         total = corners + torch.roll(corners, -1, dims=1)
-        total = total + torch.roll(total, -1, dims=2)
+        total.add_(torch.roll(total, -1, dims=2))  # in place (as below): same sums, fewer allocations
         maps[:, half::step, half::step] = wibbled_mean(total)
         # diamonds: edge midpoints from the two adjacent centres and the two adjacent corners
         centres, corners = maps[:, half::step, half::step], maps[:, 0::step, 0::step]
-        top = centres + torch.roll(centres, 1, dims=1) + corners + torch.roll(corners, -1, dims=2)
+        top = (centres + torch.roll(centres, 1, dims=1)).add_(corners).add_(torch.roll(corners, -1, dims=2))
         maps[:, 0::step, half::step] = wibbled_mean(top)
-        left = centres + torch.roll(centres, 1, dims=2) + corners + torch.roll(corners, -1, dims=1)
+        left = (centres + torch.roll(centres, 1, dims=2)).add_(corners).add_(torch.roll(corners, -1, dims=1))
         maps[:, half::step, 0::step] = wibbled_mean(left)
         step //= 2
         wibble /= wibbledecay
     flat = maps.view(batch, -1)
     lo = flat.amin(dim=1).view(batch, 1, 1)
     span = (flat.amax(dim=1).view(batch, 1, 1) - lo).clamp_min(1e-12)
-    return (maps - lo) / span
+    return maps.sub_(lo).div_(span)
 
 
 # Colour statistics (0..255, RGB) of the five frost photographs ImageNet-C draws from (imagecorruptions 1.1.2
@@ -90,29 +92,41 @@ FROST_STYLES = (
 _FILM_DECAY, _NEEDLE_WEIGHT, _NEEDLE_LENGTH, _NEEDLE_DENSITY = 1.3, 1.05, 6, 0.03
 
 
+def _centred(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` minus its mean over the last two dimensions, and its (unbiased) standard deviation there.
+
+    Written as mean, subtraction and a sum of squares over flattened planes: several times faster on the CPU
+    than ``torch.std_mean`` over two dimensions."""
+    flat = t.flatten(-2)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    var = (centred * centred).sum(dim=-1, keepdim=True) / max(flat.shape[-1] - 1, 1)
+    return centred.view_as(t), var.sqrt_().unsqueeze(-1)
+
+
 def _standardize(t: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance over the last two dimensions."""
-    mean = t.mean(dim=(-2, -1), keepdim=True)
-    return (t - mean) / t.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    centred, std = _centred(t)
+    return centred.div_(std.clamp_min(1e-6))
 
 
 def shift_sum(x: torch.Tensor, off_y: torch.Tensor, off_x: torch.Tensor, weights: list[float],
               mode: str = "constant") -> torch.Tensor:
     """``out[b, :, y, x] = sum_k weights[k] * x[b, :, y + off_y[b, k], x + off_x[b, k]]`` on ``(B, C, H, W)``
-    with per-sample integer offsets ``(B, K)``: a sparse per-sample convolution, one flat gather per tap.
-    ``mode`` pads the border (``"replicate"`` repeats edge pixels, ``"constant"`` reads zeros)."""
+    with per-sample integer offsets ``(B, K)``: a sparse per-sample convolution. ``mode`` pads the border
+    (``"replicate"`` repeats edge pixels, ``"constant"`` reads zeros).
+
+    Each tap is an in-place ``add_`` of a shifted view of one padded sample: no index tensors (a flat
+    ``gather`` per tap cost several times more in index arithmetic and memory traffic), and one sample's
+    planes stay in cache across its taps."""
     b, c, h, w = x.shape
     pad = int(max(off_y.abs().max(), off_x.abs().max())) if off_y.numel() else 0
     padded = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x
-    wp = w + 2 * pad
-    flat = padded.reshape(b, c, -1)
-    grid = ((torch.arange(h, device=x.device) + pad)[:, None] * wp
-            + torch.arange(w, device=x.device)[None] + pad).view(1, 1, -1)
-    shift = off_y * wp + off_x  # (B, taps)
-    out = torch.zeros(b, c, h * w, device=x.device, dtype=x.dtype)
-    for k, wt in enumerate(weights):
-        out += wt * flat.gather(2, (grid + shift[:, k].view(b, 1, 1)).expand(b, c, -1))
-    return out.view(b, c, h, w)
+    out = torch.zeros(b, c, h, w, device=x.device, dtype=x.dtype)
+    for i, (dys, dxs) in enumerate(zip((off_y + pad).tolist(), (off_x + pad).tolist(), strict=True)):
+        target, source = out[i], padded[i]
+        for dy, dx, wt in zip(dys, dxs, weights, strict=True):
+            target.add_(source[:, dy:dy + h, dx:dx + w], alpha=wt)
+    return out
 
 
 def _line_streaks(seeds: torch.Tensor, angles: torch.Tensor, length: int) -> torch.Tensor:
@@ -143,17 +157,22 @@ def frost_texture(batch: int, height: int, width: int, scale: float, generator: 
     base = uniform((batch,), generator, device, 0.0, math.pi)
     needles = torch.zeros(batch, h0, w0, device=device)
     for k in range(3):
-        seeds = (uniform((batch, h0, w0), generator, device) < _NEEDLE_DENSITY).float()
-        seeds = seeds * uniform((batch, h0, w0), generator, device, 0.5, 1.0)
+        # one draw gives both the seed mask and its strength: given u < density, u / density is uniform on
+        # [0, 1), so seeds are uniform on [0.5, 1) as with a second draw, at half the random numbers
+        u = uniform((batch, h0, w0), generator, device)
+        seeds = torch.where(u < _NEEDLE_DENSITY, u.mul_(0.5 / _NEEDLE_DENSITY).add_(0.5), 0.0)
         needles = needles + _line_streaks(seeds, base + k * math.pi / 3, _NEEDLE_LENGTH)
-    texture = (film + _NEEDLE_WEIGHT * _standardize(needles))[:, None]
+    texture = _standardize(needles).mul_(_NEEDLE_WEIGHT).add_(film)[:, None]
     # the reference shrinks photographs with cv2.INTER_LINEAR (no antialiasing) and enlarges with INTER_CUBIC
     mode = "bilinear" if scale < 1 else "bicubic"
-    texture = _standardize(F.interpolate(texture, size=(height, width), mode=mode, align_corners=False))
+    texture = F.interpolate(texture, size=(height, width), mode=mode, align_corners=False)
+    texture, t_std = _centred(texture)
     styles = torch.tensor(FROST_STYLES, dtype=torch.float32, device=device)  # (5, 3 statistics, 3 channels)
     pick = torch.floor(uniform((batch,), generator, device, 0.0, len(FROST_STYLES))).long()
     style = styles[pick.clamp_max(len(FROST_STYLES) - 1)][..., None, None]  # (B, 3, 3, 1, 1)
     mean, crop_std, whole_std = style[:, 0], style[:, 1], style[:, 2]
     # crop-to-crop brightness variation, so that the layer's total variance matches the photographs'
     offset = normal((batch, 1, 1, 1), generator, device) * (whole_std ** 2 - crop_std ** 2).sqrt()
-    return (mean + offset + crop_std * texture).clamp(0.0, 255.0)
+    # mean + offset + crop_std * standardised texture, as one fused pass over the full-size layer
+    gain = crop_std / t_std.clamp_min(1e-6)
+    return torch.addcmul(mean + offset, texture, gain).clamp_(0.0, 255.0)
