@@ -8,6 +8,7 @@ import json
 import pytest
 
 from robustssl.cli import data as data_cli
+from robustssl.cli.args import key_value
 from robustssl.data import DATASETS
 
 
@@ -51,9 +52,9 @@ def test_info_of_a_rooted_dataset_without_root_shows_layout(capsys):
 
 
 def test_set_values_parse_types():
-    assert data_cli._key_value("severity=3") == ("severity", 3)
-    assert data_cli._key_value("crop_fraction=0.5") == ("crop_fraction", 0.5)
-    assert data_cli._key_value("shift=true") == ("shift", True)
-    assert data_cli._key_value("corruption=fog") == ("corruption", "fog")
+    assert key_value("severity=3") == ("severity", 3)
+    assert key_value("crop_fraction=0.5") == ("crop_fraction", 0.5)
+    assert key_value("shift=true") == ("shift", True)
+    assert key_value("corruption=fog") == ("corruption", "fog")
     with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
-        data_cli._key_value("severity")
+        key_value("severity")

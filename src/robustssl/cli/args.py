@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from fractions import Fraction
+from typing import Any
 
 from robustssl.runtime.device import DEVICE_CHOICES
 from robustssl.runtime.precision import PRECISIONS
@@ -20,6 +22,37 @@ def fraction(text: str) -> float:
 def fraction_list(text: str) -> list[float]:
     """``"2/255,4/255,8/255"`` -> list of floats."""
     return [fraction(part) for part in text.split(",") if part.strip()]
+
+
+def option_value(text: str) -> Any:
+    """A ``KEY=VALUE`` option's value: JSON when it parses (``3``, ``0.5``, ``true``, ``[1, 2]``),
+    ``none``/``true``/``false`` in any case, else the string itself."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        lowered = text.lower()
+        return {"none": None, "true": True, "false": False}.get(lowered, text)
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """argparse type for ``KEY=VALUE`` options -> ``(key, value)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. severity=3), got {text!r}")
+    return key.strip(), option_value(value)
+
+
+def key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``["k=1", "name=x"]`` given to ``flag`` -> ``{"k": 1, "name": "x"}`` (see ``option_value``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        try:
+            key, value = key_value(pair)
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}") from None
+        out[key] = value
+    return out
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:

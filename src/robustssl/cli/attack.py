@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustssl.cli.args import add_runtime_args, fraction_list
+from robustssl.cli.args import add_runtime_args, fraction_list, key_values
 
 TASK_TARGET = {"classification": "label", "segmentation": "mask", "depth": "depth", "embedding": None}
 HEADLINE = {
@@ -93,24 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
-    """``["k=1", "name=x"]`` -> ``{"k": 1, "name": "x"}`` (values parsed as JSON when they parse)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from robustssl.threats.attacks.base import build_attack
 
-    kwargs = parse_pairs(args.attack_arg, "--attack-arg")
+    kwargs = key_values(args.attack_arg, "--attack-arg")
     if args.steps is not None:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -126,7 +112,7 @@ def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _encoder(args: argparse.Namespace) -> Any:
     from robustssl import encoders
 
-    kwargs = parse_pairs(args.encoder_arg, "--encoder-arg")
+    kwargs = key_values(args.encoder_arg, "--encoder-arg")
     if Path(args.encoder).expanduser().is_file():
         return encoders.load(
             str(Path(args.encoder).expanduser()), **({"encoder_kwargs": kwargs} if kwargs else {})
@@ -143,7 +129,7 @@ def _fit_model(args: argparse.Namespace, encoder: Any, device: Any, generator: A
 
     if args.task == "embedding":
         return TaskModel(encoder, None, "embedding").eval(), {}
-    train = data.load(args.data, root=args.root, split="train", **parse_pairs(args.data_arg, "--data-arg"))
+    train = data.load(args.data, root=args.root, split="train", **key_values(args.data_arg, "--data-arg"))
     n_train = len(train) if args.n_train is None else min(args.n_train, len(train))
     if n_train < 2:
         raise ValueError(f"need at least 2 training samples to fit a head, got {n_train}")
@@ -217,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         encoder = _encoder(args).to(device).eval()
         model, fit_info = _fit_model(args, encoder, device, make_generator(args.seed))
         test = data.load(
-            args.data, root=args.root, split=args.split, **parse_pairs(args.data_arg, "--data-arg")
+            args.data, root=args.root, split=args.split, **key_values(args.data_arg, "--data-arg")
         )
         key = TASK_TARGET[args.task]
         if key is not None:

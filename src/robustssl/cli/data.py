@@ -4,29 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-
-def _value(text: str) -> Any:
-    """``--set`` values: ints, floats, true/false/none, else the string itself."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. severity=3), got {text!r}")
-    return key.strip(), _value(value.strip())
+from robustssl.cli.args import key_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--root", default=None, help="local folder of a real dataset")
     info.add_argument("--split", default=None,
                       help="split to inspect (default: test, or the dataset's first)")
-    info.add_argument("--set", dest="options", action="append", type=_key_value, default=[],
+    info.add_argument("--set", dest="options", action="append", type=key_value, default=[],
                       metavar="KEY=VALUE",
                       help="dataset option, repeatable (e.g. --set corruption=fog --set severity=3)")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

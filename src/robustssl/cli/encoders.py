@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from robustssl.cli.args import key_values
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encoders", help="list encoders; inspect an encoder or a checkpoint",
@@ -33,19 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ip.add_argument("--json", action="store_true", help="print one JSON object")
     ip.set_defaults(func=run_inspect)
     p.set_defaults(func=lambda args: p.print_help() or 2)
-
-
-def _parse_args(pairs: list[str]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--arg expects KEY=VALUE, got {pair!r}")
-        try:
-            kwargs[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key.strip()] = value
-    return kwargs
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -86,7 +75,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from robustssl import encoders
     from robustssl.encoders.checkpoints import load_with_report
 
-    kwargs = _parse_args(args.arg)
+    kwargs = key_values(args.arg, "--arg")
     info: dict[str, Any] = {}
     if _is_checkpoint(args.target):
         # Missing/unexpected keys are part of the report printed below, not warnings.
