@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from fractions import Fraction
 from typing import Any
 
 from robustssl.runtime.device import DEVICE_CHOICES
+from robustssl.runtime.options import option_value
 from robustssl.runtime.precision import PRECISIONS
 
 
@@ -22,17 +22,6 @@ def fraction(text: str) -> float:
 def fraction_list(text: str) -> list[float]:
     """``"2/255,4/255,8/255"`` -> list of floats."""
     return [fraction(part) for part in text.split(",") if part.strip()]
-
-
-def option_value(text: str) -> Any:
-    """A ``KEY=VALUE`` option's value: JSON when it parses (``3``, ``0.5``, ``true``, ``[1, 2]``),
-    ``none``/``true``/``false`` in any case, else the string itself."""
-    text = text.strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        lowered = text.lower()
-        return {"none": None, "true": True, "false": False}.get(lowered, text)
 
 
 def key_value(text: str) -> tuple[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -21,6 +23,21 @@ def projector(in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> nn.Sequ
     )
 
 
+def resolve_views(
+    views: SimCLRViews | str | None, crop_scale: tuple[float, float] | list[float] | None = None
+) -> SimCLRViews:
+    """A ``SimCLRViews`` from an instance, a preset name (``cifar``, ``imagenet``, ``tiny``, ``none``) or None
+    (the default pipeline); ``crop_scale`` overrides the random-resized-crop area range."""
+    overrides = {} if crop_scale is None else {"scale": tuple(float(v) for v in crop_scale)}
+    if isinstance(views, SimCLRViews):
+        return dataclasses.replace(views, **overrides) if overrides else views
+    if views is None:
+        return SimCLRViews(**overrides)
+    if isinstance(views, str):
+        return SimCLRViews.preset(views, **overrides)
+    raise TypeError(f"views must be a SimCLRViews, a preset name or None, got {type(views).__name__}")
+
+
 @METHODS.register("simclr")
 class SimCLR(PretrainMethod):
     def __init__(
@@ -30,14 +47,15 @@ class SimCLR(PretrainMethod):
         temperature: float = 0.5,
         proj_hidden_dim: int = 512,
         proj_dim: int = 128,
-        views: SimCLRViews | None = None,
+        views: SimCLRViews | str | None = None,
+        crop_scale: tuple[float, float] | list[float] | None = None,
     ):
         super().__init__(encoder)
         if not temperature > 0:
             raise ValueError(f"simclr: temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.projector = projector(encoder.embed_dim, proj_hidden_dim, proj_dim)
-        self.views = views or SimCLRViews()
+        self.views = resolve_views(views, crop_scale)
 
     def training_loss(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator

@@ -1,5 +1,6 @@
 """Device, precision, randomness, progress, logging and input checks. Knows nothing of the layers above."""
 
+from robustssl.runtime import distributed
 from robustssl.runtime.device import resolve_device
 from robustssl.runtime.logging import get_logger
 from robustssl.runtime.precision import PRECISIONS, autocast
@@ -11,6 +12,7 @@ __all__ = [
     "PRECISIONS",
     "autocast",
     "check_image",
+    "distributed",
     "deterministic_mode",
     "get_logger",
     "input_checks",
