@@ -2,7 +2,7 @@
 
     python ddp_pretrain_script.py METHOD OUT_DIR
 
-METHOD ``deterministic`` / ``contrastive``: a loss without random views on a BatchNorm-free ViT, so a 2-rank run with
+METHOD ``deterministic``/``contrastive``: loss without random views on a BatchNorm-free ViT: 2 ranks with
 the global batch split in two must end with the single-process weights. METHOD ``simclr``: random views and
 the NT-Xent negatives gathered across ranks; checks that every rank ends with the same parameters.
 Rank 0 writes ``OUT_DIR/params.json`` (each rank's parameter checksum) next to the trainer's files.
@@ -47,12 +47,16 @@ class Contrastive(PretrainMethod):
 def main(method_name: str, out: str) -> None:
     data = rs.data.load("scenes", split="train", size=32, n=64)
     with seeded_init(0):
-        encoder = rs.encoders.create("vit_tiny", img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2)
+        encoder = rs.encoders.create(
+            "vit_tiny", img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2
+        )
         if method_name == "simclr":
             method = METHODS.create("simclr", encoder=encoder, proj_hidden_dim=16, proj_dim=8, views="tiny")
         else:
             method = METHODS.create(f"test-{method_name}", encoder=encoder)
-    config = TrainConfig(steps=6, batch_size=16, lr=0.05, device="cpu", seed=1, log_every=0, tensorboard=False)
+    config = TrainConfig(
+        steps=6, batch_size=16, lr=0.05, device="cpu", seed=1, log_every=0, tensorboard=False
+    )
     train(method, data, config, out_dir=out, method_name=method_name)
     checksum = float(sum(p.detach().double().sum() for p in method.parameters()))
     sums = distributed.gather_objects(checksum)

@@ -1,4 +1,4 @@
-"""The trainer's extensions: LARS, epoch budgets, TensorBoard files, the online probe / k-NN monitor, crash-safe
+"""The trainer's extensions: LARS, epoch budgets, TensorBoard files, online probe / k-NN monitor, crash-safe
 checkpoints, presets and the pretrain CLI, and DDP under torchrun (gloo)."""
 
 import json
@@ -242,8 +242,14 @@ def test_override_and_unknown_method_option():
 def _tiny_preset():
     return presets_mod.override(
         presets_mod.load_preset("simclr-scenes-tiny"),
-        ["train.steps=2", "train.batch_size=16", "train.warmup_steps=0", "data_options.n=32",
-         "method_options.proj_hidden_dim=16", "encoder_options.widths=[8, 8, 8, 8]"],
+        [
+            "train.steps=2",
+            "train.batch_size=16",
+            "train.warmup_steps=0",
+            "data_options.n=32",
+            "method_options.proj_hidden_dim=16",
+            "encoder_options.widths=[8, 8, 8, 8]",
+        ],
     )
 
 
@@ -265,15 +271,43 @@ def test_pretrain_cli_with_a_preset_and_list(tmp_path, capsys):
     listing = capsys.readouterr().out
     assert "simclr" in listing and "temperature=0.5" in listing and "simclr-scenes-tiny" in listing
     out = tmp_path / "run"
-    args = ["pretrain", "--preset", "simclr-scenes-tiny", "--steps", "2", "--batch-size", "16",
-            "--set", "train.warmup_steps=0", "--set", "data_options.n=32",
-            "--set", "encoder_options.widths=[8, 8, 8, 8]", "--out", str(out), "--device", "cpu"]
+    args = [
+        "pretrain",
+        "--preset",
+        "simclr-scenes-tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "data_options.n=32",
+        "--set",
+        "encoder_options.widths=[8, 8, 8, 8]",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"].endswith("encoder.safetensors")
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["steps"] == 2 and resolved["method"] == "simclr"
-    assert main(["pretrain", "--preset", "simclr-scenes-tiny", "--set", "method_options.tau=1",
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--preset",
+                "simclr-scenes-tiny",
+                "--set",
+                "method_options.tau=1",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "accepted" in capsys.readouterr().err
 
 
@@ -291,8 +325,16 @@ def _run_script(method: str, out: Path, ranks: int) -> list[float]:
     if ranks == 1:
         cmd = [sys.executable, script, method, str(out)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
-               f"--master_port={_free_port()}", script, method, str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={ranks}",
+            f"--master_port={_free_port()}",
+            script,
+            method,
+            str(out),
+        ]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "ROBUSTSSL_PROGRESS": "0"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
         help="self-supervised pretraining of an encoder",
-        description="Pretrain an encoder with a self-supervised method (from a preset or from flags), writing "
+        description="Pretrain an encoder with a self-supervised method (a preset or flags), writing "
         "<out>/encoder.safetensors (+ JSON metadata), config.json and TensorBoard scalars.",
     )
     p.add_argument("--list", action="store_true", help="list methods (with their options) and presets")
