@@ -23,7 +23,7 @@ install-dev: venv
 	$(PIPI) --no-deps torchattacks==3.5.1 imagecorruptions==1.1.2
 
 demo: install
-	$(PY) -m robustssl demo
+	$(PY) -m robustssl bench quickstart
 
 test: install-dev
 	$(PY) -m pytest -q -p no:cacheprovider tests
