@@ -1,1 +1,1 @@
-"""The main job: the quickstart pipeline (``quickstart.py``); spec, runner, store and report to come."""
+"""The main job: spec -> plan -> runner -> store -> report (``robustssl bench``, ``robustssl report``)."""
