@@ -3,14 +3,18 @@
 1. PGD-k against a bare loop of k forward+backward passes on the same model and batch (bar: <= 1.05x).
 2. PGD, APGD and the AutoAttack-standard cascade against torchattacks 3.5.1 with the same budgets
    (bar: no slower; AutoAttack: >= 2x faster at equal robust accuracy, +-0.5 points).
-3. bf16 autocast against fp32 for PGD and AutoAttack (speed and robust accuracy).
+3. bf16 autocast: AutoAttack ours against torchattacks' cascade, both under autocast; ours bf16 against
+   ours fp32 for PGD and AutoAttack (speed and robust accuracy).
+4. Per stage of AutoAttack-standard (APGD-CE, APGD-T, FAB-T, Square), ours and torchattacks' each running
+   its own cascade stage by stage: points attacked and broken, seconds, model passes (forward and backward,
+   in images, counted by a wrapper around the model that both sides call).
 
 Model: a CIFAR-style ResNet-18 (BasicBlocks [2, 2, 2, 2], base width ``--width``) with batch-norm statistics
 calibrated and its last layer fitted on synthetic 32x32 ten-class data (smooth class templates plus noise);
 labels are the true classes. Ours and the baseline run alternately ``--repeats`` times; the table shows the
 median seconds of each and the median of the per-pair ratios ``ours/base`` (speed-up = its inverse).
 
-    python benchmarks/attacks.py                  # ~3 minutes on 2 idle CPU cores
+    python benchmarks/attacks.py                  # ~5 minutes on 2 idle CPU cores
     python benchmarks/attacks.py --quick          # a smoke run (~1 minute)
 """
 
@@ -124,6 +128,73 @@ def side_by_side(ours: Callable[[], object], base: Callable[[], object], repeats
     return statistics.median(t_ours), statistics.median(t_base), ratio, out_ours, out_base
 
 
+class Counted(nn.Module):
+    """``model`` with its forward and backward passes counted in images (a hook on the output). In eval
+    mode like the model: torchattacks puts a model it is handed in training mode when it finds it so."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.fwd, self.bwd = model, 0, 0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self.fwd += x.shape[0]
+        if out.requires_grad:
+            n = x.shape[0]
+
+            def count(grad: torch.Tensor) -> None:
+                self.bwd += n
+
+            out.register_hook(count)
+        return out
+
+
+class Bf16(nn.Module):
+    """``model``'s forward under bf16 autocast, logits returned in fp32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.eval()  # as ``Counted``
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, "bf16"):
+            return self.model(x).float()
+
+
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def torchattacks_stages(model: nn.Module, eps: float, steps: int, queries: int) -> list:
+    """torchattacks' AutoAttack-standard stages (as its ``AutoAttack`` builds them) with these budgets."""
+    import torchattacks
+
+    return [
+        torchattacks.APGD(model, eps=eps, steps=steps, loss="ce", n_restarts=1, seed=0),
+        torchattacks.APGDT(model, eps=eps, steps=steps, n_classes=10, n_restarts=1, seed=0),
+        torchattacks.FAB(model, eps=eps, steps=steps, multi_targeted=True, n_classes=10, n_restarts=1,
+                         seed=0),
+        torchattacks.Square(model, eps=eps, n_queries=queries, n_restarts=1, seed=0),
+    ]
+
+
+def staged_cascade(model: Counted, x: torch.Tensor, y: torch.Tensor, run_stage: Callable) -> list[tuple]:
+    """Run a cascade stage by stage on the still-robust points, as ``MultiAttack`` and our ``AutoAttack``
+    do: per stage (attacked, broken, seconds, fwd, bwd). ``run_stage(i, x, y) -> x_adv``."""
+    with torch.no_grad():
+        robust = (model.model(x).argmax(1) == y).nonzero()[:, 0]
+    rows = []
+    for i in range(len(STAGES)):
+        model.fwd = model.bwd = 0
+        seconds, adv = timed(lambda i=i, robust=robust: run_stage(i, x[robust], y[robust]))
+        with torch.no_grad():
+            kept = model.model(adv).argmax(1) == y[robust]
+        rows.append((len(robust), int((~kept).sum()), seconds, model.fwd, model.bwd))
+        robust = robust[kept]
+    return rows
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
@@ -205,25 +276,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. AutoAttack-standard against torchattacks' cascade with the same budgets.
     aa = AutoAttack(steps=k, n_queries=args.queries, n_classes=10)
-    ta_aa = MultiAttack([
-        torchattacks.APGD(model, eps=args.eps, steps=k, loss="ce", n_restarts=1, seed=0),
-        torchattacks.APGDT(model, eps=args.eps, steps=k, n_classes=10, n_restarts=1, seed=0),
-        torchattacks.FAB(model, eps=args.eps, steps=k, multi_targeted=True, n_classes=10, n_restarts=1,
-                         seed=0),
-        torchattacks.Square(model, eps=args.eps, n_queries=args.queries, n_restarts=1, seed=0),
-    ])
+    ta_aa = MultiAttack(torchattacks_stages(model, args.eps, k, args.queries))
     ours, base, ratio, a, b = side_by_side(lambda: aa.attack(model, x, y, None, threat, make_generator(0)),
                                     lambda: ta_aa(x, y), args.repeats)
     fp32_report = aa.last_report
     row("AutoAttack-standard vs torchattacks", ours, base, ratio,
                  f"robust {robust(a)} vs {robust(b)}; bar >= 2x")
 
-    # 4. bf16 autocast against fp32 (ours on both sides).
-    def bf16(images: torch.Tensor) -> torch.Tensor:
-        with autocast(images.device, "bf16"):
-            return model(images).float()
-
+    # 4. bf16 autocast: ours against torchattacks (both under autocast), then against ours in fp32.
+    bf16 = Bf16(model)
     aa16 = AutoAttack(steps=k, n_queries=args.queries, n_classes=10)
+    ta_aa16 = MultiAttack(torchattacks_stages(bf16, args.eps, k, args.queries))
+    ours, base, ratio, a, b = side_by_side(lambda: aa16.attack(bf16, x, y, None, threat, make_generator(0)),
+                                           lambda: ta_aa16(x, y), args.repeats)
+    row("AutoAttack-standard bf16 vs torchattacks bf16", ours, base, ratio,
+        f"robust {robust(a)} vs {robust(b)} (judged in fp32)")
     ours, base, ratio, a, b = side_by_side(
         lambda: aa16.attack(bf16, x, y, None, threat, make_generator(0)),
         lambda: aa.attack(model, x, y, None, threat, make_generator(0)), args.repeats)
@@ -235,6 +302,30 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nAutoAttack-standard (fp32) per stage, last run:")
     print(fp32_report.table())
+
+    # 5. Per stage, ours and torchattacks' cascades run stage by stage (medians over the repeats).
+    counted = Counted(model)
+    ours_stages = [AutoAttack(steps=k, n_queries=args.queries, n_classes=10, attacks=[stage])
+                   for stage in STAGES]
+    theirs_stages = torchattacks_stages(counted, args.eps, k, args.queries)
+    runs: dict[str, list] = {"ours": [], "torchattacks": []}
+    for _ in range(args.repeats):
+        runs["ours"].append(staged_cascade(counted, x, y, lambda i, xs, ys: ours_stages[i].attack(
+            counted, xs, ys, None, threat, make_generator(0))))
+        runs["torchattacks"].append(staged_cascade(counted, x, y, lambda i, xs, ys: theirs_stages[i](xs, ys)))
+    if model.training:
+        raise RuntimeError("the model left eval mode during the benchmark; its figures are not comparable")
+    print(f"\nPer stage, each cascade run stage by stage (median seconds of {args.repeats}; "
+          "passes in images):")
+    print(f"{'stage':<8} {'side':<13} {'attacked':>8} {'broken':>6} {'seconds':>8} {'fwd':>7} {'bwd':>7}")
+    for i, stage in enumerate(STAGES):
+        for side, results in runs.items():
+            attacked, broken, _, fwd, bwd = results[-1][i]
+            seconds = statistics.median(r[i][2] for r in results)
+            print(f"{stage:<8} {side:<13} {attacked:>8} {broken:>6} {seconds:>8.2f} {fwd:>7} {bwd:>7}")
+    for side, results in runs.items():
+        print(f"{'total':<8} {side:<13} {'':>8} {'':>6} "
+              f"{statistics.median(sum(r[2] for r in run) for run in results):>8.2f}")
     return 0
 
 

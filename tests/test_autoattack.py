@@ -139,13 +139,12 @@ def test_published_settings():
     plus = AutoAttack(version="plus")
     assert plus.build_stage("apgd-ce")[0].restarts == 5 and plus.build_stage("fab")[0].restarts == 5
     dlr, objective = plus.build_stage("apgd-dlr")
-    assert dlr.restarts == 5 and objective.loss_objective.name == "dlr"
-    assert objective.success_objective.name == "ce"
+    assert dlr.restarts == 5 and dlr.objective_override.name == "dlr" and objective.name == "ce"
     assert plus.build_stage("fab-t")[0].restarts == 1 and plus.build_stage("apgd-t")[0].restarts == 1
     rand = AutoAttack(version="rand")
     eot, objective = rand.build_stage("apgd-dlr")
     assert isinstance(eot, EOT) and eot.samples == 20 and isinstance(eot.inner, APGD)
-    assert objective.loss_objective.name == "dlr"
+    assert eot.inner.objective_override.name == "dlr" and objective.name == "ce"
 
 
 def test_custom_stages_and_batching_match_one_batch(trained):

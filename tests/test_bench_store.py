@@ -31,12 +31,6 @@ def _row(encoder, task, threat, metric, value, n=10):
     }
 
 
-def test_result_fields_match_the_quickstart_record():
-    from robustssl.bench.quickstart import RESULT_FIELDS as QUICKSTART_FIELDS
-
-    assert RESULT_FIELDS == QUICKSTART_FIELDS
-
-
 def test_units_commit_whole_and_replace_earlier_rows(tmp_path):
     with Store(tmp_path / "results.sqlite") as store:
         attempt = store.begin_attempt("d", 1, "0")

@@ -36,7 +36,11 @@ import skimage.filters  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from robustssl.threats.corruptions import CORRUPTIONS  # noqa: E402
-from robustssl.threats.corruptions.blur import local_shuffle, motion_blur  # noqa: E402
+from robustssl.threats.corruptions.blur import (  # noqa: E402
+    draw_swap_offsets,
+    motion_blur,
+    shuffle_sources,
+)
 from robustssl.threats.corruptions.colour import hsv_to_rgb, rgb_to_hsv  # noqa: E402
 from robustssl.threats.corruptions.jpeg import jpeg_round_trip  # noqa: E402
 from robustssl.threats.corruptions.kernels import pil_resample_matrix  # noqa: E402
@@ -210,22 +214,27 @@ def sequential_shuffle(image: np.ndarray, dy: np.ndarray, dx: np.ndarray, max_de
     return x
 
 
-@pytest.mark.parametrize("max_delta", [1, 2, 4])
+@pytest.mark.parametrize("max_delta", [1, 2, 3, 4])
 def test_glass_shuffle_equals_sequential_loop(max_delta: int) -> None:
     images = natural_images(2, 29, seed=5)
+    offsets = draw_swap_offsets(2, 29, 29, max_delta, torch.Generator().manual_seed(7), torch.device("cpu"))
+    # back to the reference's (dy, dx) per pixel: offsets are dy * 29 + dx with |dx| <= max_delta < 29 / 2
+    dy = np.floor_divide(offsets.numpy() + 14, 29).reshape(2, 29, 29)
+    dx = offsets.numpy().reshape(2, 29, 29) - 29 * dy
+    expected = np.stack([sequential_shuffle(img, dy[i], dx[i], max_delta) for i, img in enumerate(images)])
     x = to_torch(images)
-    got = local_shuffle(x, max_delta, torch.Generator().manual_seed(7))
-    # the same draws as local_shuffle makes: integers in [-max_delta, max_delta) for the visited pixels
-    # max_delta < row, col <= 29 - max_delta, laid out as (2, B, rows, cols)
-    side = 29 - 2 * max_delta
-    region = torch.randint(-max_delta, max_delta, (2, 2, side, side),
-                           generator=torch.Generator().manual_seed(7))
-    offsets = np.zeros((2, 2, 29, 29), dtype=np.int64)
-    offsets[..., max_delta + 1:29 - max_delta + 1, max_delta + 1:29 - max_delta + 1] = region.numpy()
-    expected = np.stack([sequential_shuffle(img, offsets[0, i], offsets[1, i], max_delta)
-                         for i, img in enumerate(images)])
+    sources = shuffle_sources(offsets)
+    got = x.reshape(2, 3, -1).gather(2, sources[:, None].expand(2, 3, -1)).reshape(x.shape)
     np.testing.assert_array_equal(to_uint8(got), expected)
     assert not np.array_equal(expected, images)
+    # two passes composed as index maps equal two sequential loops with the next offsets
+    second = draw_swap_offsets(2, 29, 29, max_delta, torch.Generator().manual_seed(8), torch.device("cpu"))
+    dy2 = np.floor_divide(second.numpy() + 14, 29).reshape(2, 29, 29)
+    dx2 = second.numpy().reshape(2, 29, 29) - 29 * dy2
+    twice = np.stack([sequential_shuffle(img, dy2[i], dx2[i], max_delta) for i, img in enumerate(expected)])
+    composed = sources.gather(1, shuffle_sources(second))
+    got = x.reshape(2, 3, -1).gather(2, composed[:, None].expand(2, 3, -1)).reshape(x.shape)
+    np.testing.assert_array_equal(to_uint8(got), twice)
 
 
 def test_hsv_matches_skimage() -> None:

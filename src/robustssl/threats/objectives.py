@@ -676,6 +676,10 @@ class LossWithSuccess(Objective):
     def tracking_loss(self, output: Any, target: Target, reference: Any = None) -> torch.Tensor:
         return self.success_objective.tracking_loss(output, self._success_target(target), reference)
 
+    def lift(self, other: Objective) -> Objective:
+        # Both parts read the same outputs; the success objective is the call's (EOT's expectation).
+        return self.success_objective.lift(other)
+
     def __repr__(self) -> str:
         return f"LossWithSuccess({self.loss_objective!r}, {self.success_objective!r})"
 

@@ -19,15 +19,20 @@ subset/order of the stage names above (``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``
 
 Classifier-only: ``forward`` returns logits ``(B, K)``, ``target`` holds labels ``(B,)``. A point is robust
 while the model classifies it correctly; each stage's own losses are fixed by the paper (CE, DLR, targeted
-DLR, FAB's boundary distance, the margin for Square), so the call's ``objective`` is not used.
+DLR, FAB's boundary distance, the margin for Square), so the call's ``objective`` only lends its way of
+reading outputs (``Objective.lift``: wrapped in ``EOT``, every stage and the robustness check average over
+the draws, and a point counts as broken when every draw misclassifies it).
 
 After a call, ``last_report`` (an :class:`AutoAttackReport`) holds the per-stage breakdown: points
 attacked, points broken, robust accuracy after the stage, seconds, forward/backward passes (in images).
 
 Why it is cheaper than running the stages naively: every stage sees only the still-robust points, and
 inside APGD, APGD-T, FAB and Square a sample leaves the batch as soon as it is broken within ``eps`` (FAB
-stops minimizing the norm once inside the ball; the verdict within the threat model is the same), and
-FAB's check of a step shares its forward pass with the next step's gradient.
+stops minimizing the norm once inside the ball; the verdict within the threat model is the same), FAB's
+check of a step shares its forward pass with the next step's gradient, and APGD-T and FAB-T run their 9
+target classes side by side in one batch (each target keeps its own full run; larger batches make each
+model pass cheaper per image). ``batch_size`` bounds the points per chunk, so a chunk of the targeted
+stages holds up to ``9 · batch_size`` images.
 """
 
 from __future__ import annotations
@@ -42,10 +47,10 @@ from robustssl.runtime.logging import get_logger
 from robustssl.runtime.seeding import split_generator
 from robustssl.threats.attacks.apgd import APGD, APGDTargeted
 from robustssl.threats.attacks.base import ATTACKS, Attack, Forward
-from robustssl.threats.attacks.eot import EOT
+from robustssl.threats.attacks.eot import EOT, accepts_generator
 from robustssl.threats.attacks.fab import FAB
 from robustssl.threats.attacks.square import Square
-from robustssl.threats.objectives import DLR, CrossEntropy, CWMargin, LossWithSuccess, Objective
+from robustssl.threats.objectives import DLR, CrossEntropy, CWMargin, Objective
 from robustssl.threats.threat_model import ThreatModel
 
 _LOG = get_logger(__name__)
@@ -167,10 +172,8 @@ class AutoAttack(Attack):
         if stage == "apgd-ce":
             attack: Attack = APGD(steps=self.steps, restarts=self.restarts)
         elif stage == "apgd-dlr":
-            # Ascend DLR, judge by misclassification; as the call's objective (not APGD's override) so that
-            # EOT (rand) averages the DLR loss over its draws too.
-            attack = APGD(steps=self.steps, restarts=self.restarts)
-            objective = LossWithSuccess(DLR(), objective)
+            # Ascend DLR, judge by misclassification (under EOT the override is lifted over the draws).
+            attack = APGD(steps=self.steps, restarts=self.restarts, objective_override=DLR())
         elif stage == "apgd-t":
             attack = APGDTargeted(steps=self.steps, restarts=1, n_target_classes=self.n_target_classes)
         elif stage == "fab":
@@ -192,30 +195,44 @@ class AutoAttack(Attack):
         generator = self._new_call(threat, x, generator)
         x = x.detach()
         y = self._labels(x, target)
-        logits = self._classifier_logits(forward, x)
+        # The stages' objectives read outputs as the call's does (EOT's draws): lifted through it.
+        lift = objective.lift if objective is not None else (lambda other: other)
+        judge = lift(CrossEntropy())
+        stage_gens = split_generator(generator, len(self.stages))
+        evaluate = forward
+        if accepts_generator(forward):
+            # A randomized model's draws for the clean and check forwards come from the call's generator too.
+            judge_gen = split_generator(generator, 1)[0]
+
+            def evaluate(images: torch.Tensor) -> Any:
+                return forward(images, generator=judge_gen)
+
+        clean = self._output(evaluate, x)
+        logits = self._as_logits(clean)
         if self.n_classes is not None and logits.shape[1] != self.n_classes:
             raise ValueError(f"AutoAttack was built for n_classes={self.n_classes}, but the model returns "
                              f"{logits.shape[1]} logits")
-        robust = logits.argmax(dim=1) == y
+        robust = ~judge.success(clean, y)
         n = x.shape[0]
         report = AutoAttackReport(self.version, threat.norm, threat.eps, n, float(robust.float().mean()))
         x_adv = x.clone()
-        for stage, stage_gen in zip(self.stages, split_generator(generator, len(self.stages)), strict=True):
+        for stage, stage_gen in zip(self.stages, stage_gens, strict=True):
             attacked = int(robust.sum())
             started = _clock(x)
             fwd = bwd = broken = 0
             if attacked:
                 attack, stage_objective = self.build_stage(stage)
+                stage_objective = lift(stage_objective)
                 rows_all = robust.nonzero()[:, 0]
                 chunk = self.batch_size or attacked
                 for begin in range(0, attacked, chunk):
                     rows = rows_all[begin:begin + chunk]
                     adv = attack.attack(forward, x[rows], y[rows], stage_objective, threat, stage_gen)
                     with torch.no_grad():
-                        check = forward(adv)
+                        check = evaluate(adv)
                     # Broken = misclassified *and* inside the threat model (a defensive re-check).
                     inside = threat.distance(adv, x[rows]) <= threat.eps + 1e-6
-                    hit = (check.argmax(dim=1) != y[rows]) & inside
+                    hit = judge.success(check, y[rows]).to(inside.device) & inside
                     robust[rows[hit]] = False
                     x_adv[rows[hit]] = adv[hit]
                     broken += int(hit.sum())

@@ -12,6 +12,12 @@ Every attack
 Shared machinery for gradient attacks (``_new_call``, ``_begin``, ``_output``, ``_loss_and_grad``,
 ``BestPoints``, ``select``, ``build_attack``; ``_labels`` and ``_classifier_logits`` for the classifier-only
 attacks) lives here so every attack counts and differentiates alike.
+
+Randomized models under EOT (``eot.py``): ``forward`` then returns ``Draws``, the outputs of K random draws.
+Attacks reach outputs only through objectives (EOT hands them ``ExpectedObjective``, and any objective an
+attack builds itself, e.g. APGD-T's targeted DLR, must be made with ``objective.lift(...)``) or through
+``mean_output``/``_classifier_logits``, which average the draws (logit differences, FAB's boundary, are
+linear, so their gradient under the mean is EOT's mean gradient).
 """
 
 from __future__ import annotations
@@ -27,6 +33,26 @@ from robustssl.threats.objectives import Objective
 from robustssl.threats.threat_model import ThreatModel
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Draws(tuple):
+    """The outputs of one input batch under ``K`` random draws of a randomized model (EOT's forward returns
+    one; a tuple, so ``select`` and ``detach`` handle it)."""
+
+
+def mean_output(output: Any) -> Any:
+    """``output`` itself, or for ``Draws`` (nested too) the float mean of the draws; differentiable, dicts
+    averaged per key."""
+    if not isinstance(output, Draws):
+        return output
+    return _average([mean_output(o) for o in output])
+
+
+def _average(items: list[Any]) -> Any:
+    if isinstance(items[0], Mapping):
+        return {k: _average([item[k] for item in items]) for k in items[0]}
+    return torch.stack([item.float() for item in items]).mean(dim=0)
+
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -88,8 +114,12 @@ class Attack:
         return target.to(device=x.device, dtype=torch.long)
 
     def _classifier_logits(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
-        """``forward(x)`` as ``_output``, checked to be a classifier's logits (B, K)."""
-        logits = self._output(forward, x)
+        """``forward(x)`` as ``_output`` (the mean over draws under EOT), checked to be logits (B, K)."""
+        return self._as_logits(self._output(forward, x))
+
+    def _as_logits(self, output: Any) -> torch.Tensor:
+        """``output`` (the mean over draws under EOT) checked to be a classifier's logits (B, K)."""
+        logits = mean_output(output)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"{self.name} attacks classifiers: forward must return logits (B, K), got {got}")
@@ -178,13 +208,67 @@ class BestPoints:
             torch.zeros(n, dtype=torch.bool, device=x.device),
         )
 
-    def update(self, index: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
+    def update(
+        self,
+        index: torch.Tensor,
+        x: torch.Tensor,
+        loss: torch.Tensor,
+        success: torch.Tensor,
+        unique: bool = True,
+    ) -> None:
+        """``unique=False`` when ``index`` may repeat a sample (several runs of it in one batch, as APGD-T's
+        targets): of its candidates only the best one (successful first, then the largest loss) is kept."""
+        loss = loss.float()
+        if not unique:
+            chosen = first_best_per_group(index, torch.where(success, float("inf"), loss), self.x.shape[0])
+            index, x, loss, success = index[chosen], x[chosen], loss[chosen], success[chosen]
         frozen = self.success[index]
-        take = ~frozen & (success | (loss.float() > self.loss[index]))
+        take = ~frozen & (success | (loss > self.loss[index]))
         rows = index[take]
         self.x[rows] = x[take].detach()
-        self.loss[rows] = torch.maximum(self.loss[rows], loss.float()[take])
+        self.loss[rows] = torch.maximum(self.loss[rows], loss[take])
         self.success[rows] = success[take]
+
+
+#: Images per pass, at most, when target classes run side by side on the CPU (``target_batch=None``): past
+#: about this size a CPU's caches rather than the batch set the speed, and larger batches got slower.
+CPU_TARGET_BATCH = 128
+
+
+def check_target_batch(target_batch: Any) -> int | None:
+    if target_batch is not None and (
+        not isinstance(target_batch, int) or isinstance(target_batch, bool) or target_batch < 1
+    ):
+        raise ValueError(f"target_batch must be an int >= 1 (images per pass) or None (automatic), got "
+                         f"{target_batch!r}")
+    return target_batch
+
+
+def targets_side_by_side(
+    target_batch: int | None, n_points: int, n_targets: int, device: torch.device
+) -> int:
+    """How many target classes to run side by side on ``n_points`` points so that one pass holds at most
+    ``target_batch`` images (at least one target). ``target_batch=None``: all targets at once on an
+    accelerator, at most ``CPU_TARGET_BATCH`` images per pass on the CPU."""
+    if target_batch is None:
+        if device.type != "cpu":
+            return n_targets
+        target_batch = CPU_TARGET_BATCH
+    return max(1, min(n_targets, target_batch // max(n_points, 1)))
+
+
+def first_best_per_group(index: torch.Tensor, score: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,) bool choosing, for every distinct value of ``index`` (N,) in [0, size), its first row with the
+    largest ``score`` (N,) (NaN counts as -inf)."""
+    n = index.shape[0]
+    score = torch.where(score.isnan(), float("-inf"), score)
+    top = torch.full((size,), float("-inf"), dtype=score.dtype, device=score.device)
+    top = top.scatter_reduce(0, index, score, "amax")
+    at_top = score == top[index]
+    position = torch.arange(n, device=index.device)
+    first = torch.full((size,), n, dtype=torch.long, device=index.device)
+    first = first.scatter_reduce(0, index[at_top], position[at_top], "amin")
+    return at_top & (first[index] == position)
 
 
 def build_attack(spec: Attack | str, **kwargs: Any) -> Attack:

@@ -13,19 +13,26 @@ comes from wherever the model takes it, e.g. dropout's global RNG).
 Success under EOT: the objective's success must hold in **every** draw (a point that fools the model only
 sometimes is not yet a success, and attacking it further costs little). Clean references (embedding
 objectives) are the mean clean output over the draws. Counts: ``samples`` forwards per inner forward.
+
+Any attack can be wrapped: objectives an inner attack builds itself (APGD's ``objective_override``, APGD-T's
+targeted DLR per class, AutoAttack's stage losses) are made with ``objective.lift(...)``, which
+``ExpectedObjective`` answers with another expectation over the draws, at any depth of nesting (EOT of EOT);
+classifier attacks that read logits directly (FAB's boundary, APGD-T's choice of target classes) read the
+mean logits over the draws (``base.mean_output``), for FAB the exact EOT gradient since logit differences
+are linear.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from robustssl.runtime.seeding import split_generator
-from robustssl.threats.attacks.base import ATTACKS, Attack, Forward, build_attack
+from robustssl.threats.attacks.base import ATTACKS, Attack, Draws, Forward, build_attack, detach, mean_output
 from robustssl.threats.objectives import Objective, Target
 from robustssl.threats.threat_model import ThreatModel
 
@@ -43,18 +50,6 @@ def accepts_generator(forward: Callable[..., Any]) -> bool:
     return "generator" in params
 
 
-def _mean(outputs: tuple[Any, ...]) -> Any:
-    """Element-wise mean of same-structured outputs (tensors or dicts of tensors)."""
-    first = outputs[0]
-    if isinstance(first, Mapping):
-        return {k: _mean(tuple(o[k] for o in outputs)) for k in first}
-    return torch.stack([o.detach().float() for o in outputs]).mean(dim=0)
-
-
-class Draws(tuple):
-    """The outputs of one input batch under ``K`` random draws (a tuple, so ``select`` indexes each)."""
-
-
 class ExpectedObjective(Objective):
     """``objective`` averaged over the draws of a ``Draws`` output."""
 
@@ -67,10 +62,11 @@ class ExpectedObjective(Objective):
 
     @staticmethod
     def _reference(reference: Any) -> Any:
-        return _mean(tuple(reference)) if isinstance(reference, Draws) else reference
+        return detach(mean_output(reference))
 
     def lift(self, other: Objective) -> Objective:
-        return ExpectedObjective(other)
+        # Lifted through the inner objective first, so an EOT nested in another reads draws of draws.
+        return ExpectedObjective(self.objective.lift(other))
 
     def validate(self, output: Any, target: Target) -> None:
         for out in output:

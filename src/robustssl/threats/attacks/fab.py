@@ -12,23 +12,41 @@ misclassification (``argmax ≠ target``), FAB's own criterion, so the ``objecti
 the common contract and not used. The returned point is the smallest adversarial found if it lies within
 ``eps``, else the clean point. With ``early_stop=True`` (the default) a sample stops as soon as an adversarial
 point within ``eps`` is found: within the threat model that is the same verdict, for less compute.
+
+FAB-T runs its target classes side by side in one batch of (point, target) rows; every row is the same
+deterministic run as one after another would give, and all rows of a point stop once one of them finds an
+adversarial point within ``eps``. ``target_batch`` caps the images per pass as for APGD-T (``apgd.py``).
+
+Under EOT (randomized models) FAB works on the mean logits over the draws: logit differences are linear,
+so the gradient of the mean is EOT's mean gradient.
 """
 
 from __future__ import annotations
 
 import torch
 
-from robustssl.threats.attacks.base import ATTACKS, Attack, Forward
+from robustssl.threats.attacks.base import (
+    ATTACKS,
+    Attack,
+    Forward,
+    check_target_batch,
+    first_best_per_group,
+    mean_output,
+    targets_side_by_side,
+)
 from robustssl.threats.objectives import Objective
 from robustssl.threats.threat_model import ThreatModel
 
 # Hyper-parameters of the paper (Sec. 3 and the AutoAttack defaults): alpha_max, eta (overshoot), beta
 # (backward step); 100 iterations per restart and target.
 _ALPHA_MAX, _ETA, _BETA = 0.1, 1.05, 0.9
+# Newton steps of the hyperplane projection before its unsettled rows fall back to sorting (FAB's steps
+# settle in one or two).
+_NEWTON_STEPS = 12
 
 
 def project_hyperplane_box(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
-    """Minimum-norm ``d`` with ``w·d = c`` and ``point + d`` in [0, 1]^D, per row; exact, O(D log D).
+    """Minimum-norm ``d`` with ``w·d = c`` and ``point + d`` in [0, 1]^D, per row; exact.
 
     ``point``, ``w``: (N, D), ``point`` in [0, 1]; ``c``: (N,). ``norm`` in {"linf", "l2"}. When no point of
     the box reaches the hyperplane the move goes to the box corner that gets closest (FAB's fallback).
@@ -36,8 +54,10 @@ def project_hyperplane_box(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor
     Both cases reduce to a scalar search: after flipping signs so that ``c >= 0``, coordinate ``i`` moves
     in the direction ``sign(w_i)`` with room ``r_i`` before hitting the box. For L-inf every free coordinate
     moves by the same ``t`` (``d_i = sign(w_i) min(t, r_i)``); for L2 by ``λ|w_i|``
-    (``d_i = sign(w_i) min(λ|w_i|, r_i)``, the KKT form). ``w·d`` is piecewise linear and non-decreasing in
-    ``t`` (``λ``), so sorting the breakpoints and taking cumulative sums finds the exact root.
+    (``d_i = sign(w_i) min(λ|w_i|, r_i)``, the KKT form). ``w·d`` is piecewise linear, non-decreasing and
+    concave in ``t`` (``λ``): Newton's method from 0 climbs to the root without overshooting and lands on it
+    exactly once it reaches the root's linear piece, usually within a few steps of O(D) each (see
+    ``_newton_root``); rows it has not settled within its step budget are solved by sorting the breakpoints.
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"hyperplane projection supports norms linf, l2; got {norm!r}")
@@ -46,7 +66,8 @@ def project_hyperplane_box(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor
     w, c = w * flip[:, None], c * flip
     a = w.abs()
     room = torch.where(w > 0, 1.0 - point, point).clamp_min(0.0)
-    total = (a * room).sum(dim=1)
+    reach = a * room  # w·d of a coordinate moved all the way to the box
+    total = reach.sum(dim=1)
     feasible = total >= c
     if norm == "linf":
         breaks = room
@@ -54,8 +75,48 @@ def project_hyperplane_box(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor
     else:
         breaks = torch.where(a > 0, room / a.clamp_min(1e-30), torch.full_like(a, float("inf")))
         weight = a * a
+    scale, settled = _newton_root(breaks, weight, reach, c, feasible)
+    if not bool(settled[feasible].all()):
+        rest = (~settled & feasible).nonzero()[:, 0]
+        scale[rest] = _sorted_root(breaks[rest], weight[rest], reach[rest], total[rest], c[rest])
+    scale = torch.where(feasible, scale.clamp_min(0.0), torch.full_like(scale, float("inf")))
+    # L2 moves coordinate i by λ|w_i|; where w_i = 0 it stays (λ = inf, infeasible rows, must not give NaN).
+    step = scale[:, None] if norm == "linf" else torch.where(a > 0, scale[:, None] * a, 0.0)
+    # sign(w) already carries the flip: w_flipped·d = c_flipped is the same constraint as w·d = c.
+    return torch.sign(w) * torch.minimum(step, room)
+
+
+def _newton_root(breaks: torch.Tensor, weight: torch.Tensor, reach: torch.Tensor, c: torch.Tensor,
+                 feasible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale (N,), settled (N,) bool): Newton's method on ``h(s) = Σ_i min(weight_i s, reach_i)`` (the
+    ``w·d`` of the projection, coordinate ``i`` saturating at ``s = breaks_i``) for ``h(s) = c``, from 0,
+    on the ``feasible`` rows (``h``'s limit reaches ``c``; the others count as settled and are ignored).
+
+    ``h`` is concave, so every tangent lies above it and each step stays left of the root; a step taken on
+    the root's own linear piece lands on the root. A row is settled once its free set stops changing (the
+    step did not cross a breakpoint): its scale is then exact up to rounding.
+    """
+    scale = torch.zeros_like(c)
+    settled = torch.zeros_like(c, dtype=torch.bool)
+    for _ in range(_NEWTON_STEPS):
+        free = breaks > scale[:, None]
+        value = torch.where(free, weight * scale[:, None], reach).sum(dim=1)
+        slope = (weight * free).sum(dim=1)
+        nxt = scale + ((c - value) / slope.clamp_min(1e-30)).clamp_min(0.0)
+        # The step stays on the same linear piece when no free coordinate saturates before reaching nxt.
+        crossed = (free & (breaks < nxt[:, None])).any(dim=1)
+        settled = ~crossed | (slope <= 0) | ~feasible
+        scale = nxt
+        if bool(settled.all()):
+            break
+    return scale, settled
+
+
+def _sorted_root(breaks: torch.Tensor, weight: torch.Tensor, reach: torch.Tensor, total: torch.Tensor,
+                 c: torch.Tensor) -> torch.Tensor:
+    """The same root by sorting the breakpoints and accumulating ``h`` over them, O(D log D) per row."""
     breaks_sorted, order = breaks.sort(dim=1)
-    fixed = (a * room).gather(1, order)
+    fixed = reach.gather(1, order)
     weight_sorted = weight.gather(1, order)
     fixed_before = fixed.cumsum(dim=1) - fixed
     free_from = weight_sorted.flip(1).cumsum(dim=1).flip(1)
@@ -64,11 +125,7 @@ def project_hyperplane_box(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor
                            total[:, None])
     # First breakpoint where the reachable w·d covers c; the root lies on the segment just before it.
     k = (value_at >= c[:, None]).to(torch.int8).argmax(dim=1, keepdim=True)
-    scale = (c - fixed_before.gather(1, k).squeeze(1)) / free_from.gather(1, k).squeeze(1).clamp_min(1e-30)
-    scale = torch.where(feasible, scale.clamp_min(0.0), torch.full_like(scale, float("inf")))
-    step = scale[:, None] if norm == "linf" else scale[:, None] * a
-    # sign(w) already carries the flip: w_flipped·d = c_flipped is the same constraint as w·d = c.
-    return torch.sign(w) * torch.minimum(step, room)
+    return (c - fixed_before.gather(1, k).squeeze(1)) / free_from.gather(1, k).squeeze(1).clamp_min(1e-30)
 
 
 class FAB(Attack):
@@ -83,6 +140,8 @@ class FAB(Attack):
         n_target_classes: how many top classes FAB-T targets (9 in AutoAttack), clipped to ``K − 1``.
         alpha_max, eta, beta: the paper's bias towards the clean point, overshoot and backward step.
         early_stop: stop a sample once an adversarial point within ``eps`` is found.
+        target_batch: FAB-T's images per pass, at most, with its targets side by side (None: all targets at
+            once on an accelerator, ``base.CPU_TARGET_BATCH`` images on the CPU; 1: one target at a time).
 
     Costs: targeted, one forward and one backward per step on the active points (plus one more of each for
     points that were just pulled back); untargeted, the Jacobian of all ``K`` logits, i.e. ``K`` forward and
@@ -94,7 +153,7 @@ class FAB(Attack):
 
     def __init__(self, steps: int = 100, restarts: int = 1, targeted: bool = False, n_target_classes: int = 9,
                  alpha_max: float = _ALPHA_MAX, eta: float = _ETA, beta: float = _BETA,
-                 early_stop: bool = True):
+                 early_stop: bool = True, target_batch: int | None = None):
         super().__init__()
         for key, value in (("steps", steps), ("restarts", restarts), ("n_target_classes", n_target_classes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -108,6 +167,7 @@ class FAB(Attack):
         self.steps, self.restarts, self.targeted = steps, restarts, targeted
         self.n_target_classes = n_target_classes
         self.alpha_max, self.eta, self.beta, self.early_stop = alpha_max, eta, beta, early_stop
+        self.target_batch = check_target_batch(target_batch)
         if targeted:
             self.name = "fab-t"
 
@@ -132,8 +192,15 @@ class FAB(Attack):
             masked = logits.scatter(1, y[:, None], float("-inf"))
             n_targets = min(self.n_target_classes, logits.shape[1] - 1)
             targets = masked.topk(n_targets, dim=1).indices
-            for rank in range(n_targets):
-                self._restarts(forward, x, y, targets[:, rank], threat, generator, best, best_norm)
+            first = 0
+            while first < n_targets:
+                todo = int(((best_norm > threat.eps) if self.early_stop else (best_norm > 0)).sum())
+                if todo == 0:
+                    break
+                together = targets_side_by_side(self.target_batch, todo, n_targets - first, x.device)
+                chosen = targets[:, first:first + together]
+                self._restarts(forward, x, y, chosen, threat, generator, best, best_norm)
+                first += together
         else:
             self._restarts(forward, x, y, None, threat, generator, best, best_norm)
         found = best_norm <= threat.eps
@@ -142,16 +209,20 @@ class FAB(Attack):
     def _restarts(self, forward: Forward, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
                   threat: ThreatModel, generator: torch.Generator, best: torch.Tensor,
                   best_norm: torch.Tensor) -> None:
-        """All restarts (against target ``t``; untargeted when None), updating ``best`` and ``best_norm``."""
+        """All restarts against the targets ``t`` (B, T), one row per (point, target), target-major
+        (untargeted when None), updating ``best`` and ``best_norm``."""
         for restart in range(self.restarts):
             # best_norm is 0 for points misclassified from the start; they are never attacked.
             todo = (best_norm > threat.eps) if self.early_stop else (best_norm > 0)
             idx = todo.nonzero().squeeze(1)
             if idx.numel() == 0:
                 return
-            x0 = x[idx]
-            start = x0.clone() if restart == 0 else self._random_start(x0, best_norm[idx], threat, generator)
-            self._run(forward, x0, y[idx], None if t is None else t[idx], threat, start, idx, best, best_norm)
+            rows, t_rows = idx, None
+            if t is not None:
+                rows, t_rows = idx.repeat(t.shape[1]), t[idx].t().reshape(-1)
+            x0 = x[rows]
+            start = x0.clone() if restart == 0 else self._random_start(x0, best_norm[rows], threat, generator)
+            self._run(forward, x0, y[rows], t_rows, threat, start, rows, best, best_norm)
 
     def _random_start(self, x0: torch.Tensor, best_norm: torch.Tensor, threat: ThreatModel,
                       generator: torch.Generator) -> torch.Tensor:
@@ -174,7 +245,7 @@ class FAB(Attack):
         if t is not None:
             xg = xa.detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = forward(xg).float()
+                logits = mean_output(forward(xg)).float()
                 diff = logits[rows, t] - logits[rows, y]
                 (grad,) = torch.autograd.grad(diff.sum(), xg)
             self.counts["fwd"] += n
@@ -184,7 +255,7 @@ class FAB(Attack):
         n_classes = self._n_classes
         xg = xa.detach().requires_grad_(True)
         with torch.enable_grad():
-            out = forward(xg).float()
+            out = mean_output(forward(xg)).float()
             grads = torch.stack([torch.autograd.grad(out[:, k].sum(), xg, retain_graph=k < n_classes - 1)[0]
                                  for k in range(n_classes)], dim=1)  # (N, K, ...)
         self.counts["fwd"] += n
@@ -217,19 +288,21 @@ class FAB(Attack):
     def _record(self, xa: torch.Tensor, logits: torch.Tensor, active: torch.Tensor, x0: torch.Tensor,
                 y: torch.Tensor, idx: torch.Tensor, threat: ThreatModel, best: torch.Tensor,
                 best_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check iterates ``xa`` (rows ``active``): keep the smallest adversarial per sample. Returns
-        ``(is_adv, keep)``, keep False for samples that are done (adversarial within eps, with early stop)."""
+        """Check iterates ``xa`` (rows ``active`` of the run, of samples ``idx[active]``): keep the smallest
+        adversarial per sample. Returns ``(is_adv, keep)``, keep False for rows whose sample is done
+        (adversarial within eps, found by this row or another, with early stop)."""
         is_adv = logits.argmax(dim=1) != y[active]
-        keep = torch.ones_like(is_adv)
         if bool(is_adv.any()):
             rows = active[is_adv]
+            samples = idx[rows]
             dist = threat.distance(xa[is_adv], x0[rows])
-            better = dist < best_norm[idx[rows]]
-            best[idx[rows[better]]] = xa[is_adv][better]
-            best_norm[idx[rows[better]]] = dist[better]
-            if self.early_stop:
-                keep = ~is_adv | (best_norm[idx[active]] > threat.eps)
-        return is_adv, keep
+            # Several rows may be the same sample (targets side by side): its closest one competes.
+            take = (dist < best_norm[samples]) & first_best_per_group(samples, -dist, best_norm.shape[0])
+            best[samples[take]] = xa[is_adv][take]
+            best_norm[samples[take]] = dist[take]
+        if self.early_stop:
+            return is_adv, best_norm[idx[active]] > threat.eps
+        return is_adv, torch.ones_like(is_adv)
 
     def _run(self, forward: Forward, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
              threat: ThreatModel, x1: torch.Tensor, idx: torch.Tensor, best: torch.Tensor,
@@ -267,8 +340,8 @@ class FAB(Attack):
             unchecked = True
             if adv_rate > 1 / 3 or it == self.steps - 1:
                 xa = x1[active]
-                is_adv, keep = self._record(xa, self._output(forward, xa).float(), active, x0, y, idx, threat,
-                                            best, best_norm)
+                logits = self._as_logits(self._output(forward, xa)).float()
+                is_adv, keep = self._record(xa, logits, active, x0, y, idx, threat, best, best_norm)
                 adv_rate = float(is_adv.float().mean())
                 pulled = active[is_adv]
                 x1[pulled] = x0[pulled] + self.beta * (x1[pulled] - x0[pulled])

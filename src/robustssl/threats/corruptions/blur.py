@@ -23,6 +23,7 @@ from robustssl.threats.corruptions.base import CORRUPTIONS
 from robustssl.threats.corruptions.kernels import (
     correlate2d,
     disk_kernel,
+    draw_below,
     draw_integers,
     draw_uniform,
     gaussian_filter,
@@ -49,45 +50,81 @@ class DefocusBlur(TabulatedCorruption):
         return correlate2d(x, disk_kernel(c[0], c[1], x.device), mode="reflect101")
 
 
-def local_shuffle(x: torch.Tensor, max_delta: int, generator: torch.Generator | None) -> torch.Tensor:
-    """One pass of ImageNet-C's glass-blur pixel "swaps", vectorized. ``(B, C, H, W)`` -> same.
+def draw_swap_offsets(b: int, h: int, w: int, max_delta: int, generator: torch.Generator | None,
+                      device: torch.device) -> torch.Tensor:
+    """The partners of one glass-blur pass: ``(B, H * W)`` int32 flat offsets ``dy * W + dx`` from each pixel
+    to the pixel it swaps with, ``dy, dx`` independent and uniform on ``[-max_delta, max_delta)`` (numpy's
+    ``randint(-max_delta, max_delta)``) for the pixels the reference visits, ``max_delta < row <= H -
+    max_delta`` (same for columns), and 0 elsewhere.
 
-    The reference visits pixels (h, w) from bottom-right to top-left, for ``max_delta < h <= H - max_delta``
-    (same for w), draws ``dy, dx`` uniform on ``[-max_delta, max_delta)`` and executes
-    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views; that statement copies ``x[h', w']`` into
-    ``x[h, w]`` and leaves ``x[h', w']`` as it was, so each pixel takes the value its source holds at that
-    moment: the already-updated value when the source was visited earlier in the scan, else the original.
-    Following those "visited earlier" links to their end gives the result of the whole sequential pass;
-    pointer jumping resolves every chain in O(log length) batched gathers. With the same offsets this equals
-    the sequential loop exactly, so the output matches the reference in distribution.
+    Each visited pixel draws one of the ``(2 max_delta)²`` offset pairs with one random byte (rejection keeps
+    the pairs equally likely when their number does not divide 256).
     """
-    b, c, h, w = x.shape
     lo, hi_h, hi_w = max_delta + 1, h - max_delta, w - max_delta
-    if hi_h < lo or hi_w < lo:
-        return x
-    dev = x.device
-    # work on the visited region only: node (i, j) is pixel (lo + i, lo + j); offsets are drawn for it alone
-    rh, rw = hi_h - lo + 1, hi_w - lo + 1
-    dy, dx = draw_integers((2, b, rh, rw), -max_delta, max_delta, generator, dev).unbind(0)
-    i = torch.arange(rh, device=dev).view(1, rh, 1)
-    j = torch.arange(rw, device=dev).view(1, 1, rw)
-    src_i, src_j = i + dy, j + dx
-    inside_cols = (src_j >= 0) & (src_j < rw)
-    follow = ((dy > 0) & (src_i < rh) & inside_cols) | ((dy == 0) & (dx > 0) & inside_cols)
-    node = (i * rw + j).expand(b, rh, rw)
-    # a followed node points at its source node, every other node at itself (a root of its chain)
-    pointer = torch.where(follow, src_i * rw + src_j, node).reshape(b, rh * rw)
+    offsets = torch.zeros(b, h, w, dtype=torch.int32, device=device)
+    if hi_h >= lo and hi_w >= lo:
+        side = 2 * max_delta
+        steps = torch.arange(-max_delta, max_delta, device=device, dtype=torch.int32)
+        pairs = (steps[:, None] * w + steps[None, :]).reshape(-1)
+        shape = (b, hi_h - lo + 1, hi_w - lo + 1)
+        if side * side <= 256:
+            pick = draw_below(shape, side * side, generator, device)
+        else:
+            pick = draw_integers(shape, 0, side * side, generator, device)
+        offsets[:, lo:hi_h + 1, lo:hi_w + 1] = pairs.index_select(0, pick.view(-1).int()).view(shape)
+    return offsets.view(b, h * w)
+
+
+def _batch_sources(offsets: torch.Tensor) -> torch.Tensor:
+    """``shuffle_sources`` as int32 indices into the whole batch's ``B * N`` pixels, ``(B * N,)``: 1-D
+    ``index_select`` with int32 indices moves half the bytes of a per-sample int64 ``gather``."""
+    b, n = offsets.shape
+    own = torch.arange(b * n, device=offsets.device, dtype=torch.int32)
+    flat = offsets.reshape(-1)
+    reads = own + flat
+    forward = flat > 0
+    if not bool(forward.any()):  # no pixel copies a visited one (max_delta 1 draws only dy, dx <= 0)
+        return reads
+    link = torch.where(forward, reads, own)
     while True:
-        jumped = pointer.gather(1, pointer)
-        if torch.equal(jumped, pointer):
-            break
-        pointer = jumped
-    # a root reads the original pixel at its own source
-    reads = ((src_i + lo) * w + (src_j + lo)).reshape(b, rh * rw).gather(1, pointer)
-    index = torch.arange(h * w, device=dev).repeat(b, 1)
-    index.view(b, h, w)[:, lo:hi_h + 1, lo:hi_w + 1] = reads.view(b, rh, rw)
-    flat = x.reshape(b, c, h * w)
-    return flat.gather(2, index.unsqueeze(1).expand(b, c, h * w)).reshape(b, c, h, w)
+        jumped = link.index_select(0, link)
+        if torch.equal(jumped, link):
+            return reads.index_select(0, link)
+        link = jumped
+
+
+def shuffle_sources(offsets: torch.Tensor) -> torch.Tensor:
+    """Where each pixel's value comes from after one sequential glass-blur pass with the swap ``offsets``
+    (``draw_swap_offsets``): ``(B, N)`` int64 flat indices into each image before the pass.
+
+    The reference visits pixels from the last to the first in row-major order and executes
+    ``x[p], x[q] = x[q], x[p]`` (``q = p + offset``) on numpy views; that statement copies ``x[q]`` into
+    ``x[p]`` and leaves ``x[q]`` as it was, so each pixel takes the value its partner holds at that moment.
+    When ``q > p`` the partner was visited before (or never is) and already holds its final value; when
+    ``q <= p`` it still holds its original value. So a pixel either reads the original image (at ``q`` if
+    ``q <= p``, at itself if never visited) or copies the final value of ``q > p``; following those copy links
+    to their end gives the result of the whole pass. Pointer jumping resolves every chain in O(log length)
+    batched gathers, and with the same offsets this equals the sequential loop exactly.
+    """
+    b, n = offsets.shape
+    base = torch.arange(0, b * n, n, device=offsets.device)[:, None]
+    return _batch_sources(offsets).view(b, n).long() - base
+
+
+def local_shuffle(x: torch.Tensor, max_delta: int, generator: torch.Generator | None,
+                  iterations: int = 1) -> torch.Tensor:
+    """``iterations`` passes of ImageNet-C's glass-blur pixel "swaps" (``shuffle_sources``) on ``(B, C, H,
+    W)``; the passes are composed as index maps, so the image is gathered once."""
+    b, c, h, w = x.shape
+    if iterations < 1:
+        return x
+    sources = None
+    for _ in range(iterations):
+        step = _batch_sources(draw_swap_offsets(b, h, w, max_delta, generator, x.device))
+        sources = step if sources is None else sources.index_select(0, step)
+    base = torch.arange(0, b * h * w, h * w, device=x.device)[:, None]
+    local = sources.view(b, h * w).long() - base
+    return x.reshape(b, c, h * w).gather(2, local[:, None].expand(b, c, h * w)).view(b, c, h, w)
 
 
 @CORRUPTIONS.register("glass_blur", family="blur")
@@ -106,10 +143,8 @@ class GlassBlur(TabulatedCorruption):
     def apply(self, x: torch.Tensor, c: tuple[float, int, int], generator: torch.Generator | None,
               params: str) -> torch.Tensor:
         sigma, max_delta, iterations = c
-        x = torch.floor(gaussian_filter(x, sigma).clamp(0, 1) * 255) / 255
-        for _ in range(iterations):
-            x = local_shuffle(x, max_delta, generator)
-        return gaussian_filter(x, sigma)
+        x = gaussian_filter(x, sigma).clamp_(0, 1).mul_(255).floor_().div_(255)
+        return gaussian_filter(local_shuffle(x, max_delta, generator, iterations), sigma)
 
 
 def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle: torch.Tensor) -> torch.Tensor:
@@ -186,10 +221,14 @@ class ZoomBlur(TabulatedCorruption):
         centre = params == "cifar"
         out = x.clone()
         for z in zooms:
+            if z == 1:  # the reference's zoom by 1 is the identity; skip the resampling
+                out += x
+                continue
             # pixel coordinates -> grid_sample's [-1, 1] with corner pixels at +-1 (align_corners=True)
             ys = zoom_grid(h, z, centre, x.device) * (2 / max(h - 1, 1)) - 1
             xs = zoom_grid(w, z, centre, x.device) * (2 / max(w - 1, 1)) - 1
             grid = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1).to(x.dtype)
-            out += F.grid_sample(x, grid.expand(b, h, w, 2), mode="bilinear", padding_mode="border",
+            # every sample point lies inside the image (a centre crop, enlarged): no border handling needed
+            out += F.grid_sample(x, grid.expand(b, h, w, 2), mode="bilinear", padding_mode="zeros",
                                  align_corners=True)
-        return out / (len(zooms) + 1)
+        return out.div_(len(zooms) + 1)

@@ -37,3 +37,25 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     k = (n + 6 * h).remainder(6)
     return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def scale_saturation(x: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """Set the HSV saturation of ``(B, 3, H, W)`` RGB in [0, 1] to ``clip(s * scale + offset, 0, 1)``, keeping
+    hue and value: ``hsv_to_rgb`` of the edited ``rgb_to_hsv``, computed without the round trip.
+
+    With hue and value fixed, a channel sits at ``v - v * s * f`` where ``f = (v - c) / (v - min)`` is its
+    distance below the maximum in units of the pixel's range, so the new channel is ``v + k * (c - v)`` with
+    ``k = v * s' / (v - min)``. Grey pixels (``v == min``) have hue 0 (red): a positive offset gives them
+    ``f = (0, 1, 1)``, as ``hsv_to_rgb`` does.
+    """
+    v = x.amax(1, keepdim=True)
+    delta = v - x.amin(1, keepdim=True)
+    # black pixels have delta = 0 too: saturation 0, without dividing by 0
+    saturation = delta / torch.where(v > 0, v, 1.0)
+    saturation = saturation.mul_(scale).add_(offset).clamp_(0, 1)
+    grey = delta == 0
+    gain = v * saturation
+    out = torch.addcmul(v, gain / torch.where(grey, 1.0, delta), x - v)
+    if offset > 0:
+        out[:, 1:] -= torch.where(grey, gain, 0.0)
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from robustssl.threats.corruptions.base import CORRUPTIONS
-from robustssl.threats.corruptions.colour import hsv_to_rgb, rgb_to_hsv
+from robustssl.threats.corruptions.colour import scale_saturation
 from robustssl.threats.corruptions.kernels import draw_normal, gaussian_filter
 from robustssl.threats.corruptions.tabulated import TabulatedCorruption
 
@@ -25,7 +25,7 @@ class SpeckleNoise(TabulatedCorruption):
 
     def apply(self, x: torch.Tensor, c: float, generator: torch.Generator | None,
               params: str) -> torch.Tensor:
-        return x + x * draw_normal(tuple(x.shape), generator, x.device, std=c, dtype=x.dtype)
+        return draw_normal(tuple(x.shape), generator, x.device, std=c, dtype=x.dtype).mul_(x).add_(x)
 
 
 @CORRUPTIONS.register("gaussian_blur", family="extra")
@@ -52,6 +52,4 @@ class Saturate(TabulatedCorruption):
 
     def apply(self, x: torch.Tensor, c: tuple[float, float], generator: torch.Generator | None,
               params: str) -> torch.Tensor:
-        hsv = rgb_to_hsv(x)
-        hsv[:, 1] = (hsv[:, 1] * c[0] + c[1]).clamp(0, 1)
-        return hsv_to_rgb(hsv)
+        return scale_saturation(x, c[0], c[1])

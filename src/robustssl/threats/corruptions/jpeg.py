@@ -14,12 +14,13 @@ one grey level on average. Everything is batched ``(B, 3, H, W)`` on the input's
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from robustssl.threats.corruptions.kernels import pad2d
+from robustssl.threats.corruptions.kernels import band_matmul_last, band_matmul_rows, pad2d
 
 # ITU-T T.81 Annex K, tables K.1 (luminance) and K.2 (chrominance), in row-major order
 LUMA_QUANT = (
@@ -54,57 +55,60 @@ def dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _code_plane(plane: torch.Tensor, table: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
-    """Encode and decode one 8-bit plane ``(B, H, W)`` (multiples of 8) with quantization ``table``.
+    """Encode and decode one level-shifted 8-bit plane ``(B, H, W)`` (values in [-128, 127], sides multiples
+    of 8) with quantization ``table``.
 
     Each 8x8 block, flattened to 64 values, is transformed by the Kronecker product ``D ⊗ D`` of the 1-D DCT,
     with the quantization steps folded into that matrix: one large matrix product each way instead of many
     tiny ones.
     """
     b, h, w = plane.shape
-    blocks = (plane - 128).reshape(b, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(-1, 64)
+    blocks = plane.reshape(b, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(-1, 64)
     basis = torch.kron(dct, dct)
     steps = table.reshape(64)
-    levels = torch.round(blocks @ (basis.T / steps))
+    levels = (blocks @ (basis.T / steps)).round_()
     decoded = levels @ (steps[:, None] * basis)
     decoded = decoded.reshape(b, h // 8, w // 8, 8, 8).transpose(2, 3).reshape(b, h, w)
-    return (torch.round(decoded) + 128).clamp(0, 255)
+    return decoded.round_().clamp_(-128, 127)
 
 
 def _downsample_420(plane: torch.Tensor) -> torch.Tensor:
     """libjpeg's 2x2 average with bias 1, 2, 1, 2, ... per output row (truncating division). (N, H/2, W/2)"""
-    # the mean of four integers times four is their exact sum
-    sums = F.avg_pool2d(plane[:, None], 2)[:, 0] * 4
-    bias = 1 + torch.arange(plane.shape[-1] // 2, device=plane.device) % 2
-    return torch.floor((sums + bias) / 4)
+    # floor((sum + bias) / 4) = floor(mean + bias / 4): the mean of four integers and bias / 4 are exact
+    bias = (1 + torch.arange(plane.shape[-1] // 2, device=plane.device) % 2) / 4
+    return F.avg_pool2d(plane[:, None], 2)[:, 0].add_(bias).floor_()
 
 
-def _upsample_420(plane: torch.Tensor) -> torch.Tensor:
-    """libjpeg's "fancy" 2x upsampling: 3/4-1/4 triangle weights per axis, edges replicated. (N, 2H, 2W)"""
-    n, h, w = plane.shape
-    above = torch.cat((plane[:, :1], plane[:, :-1]), 1)
-    below = torch.cat((plane[:, 1:], plane[:, -1:]), 1)
-    # integer column sums: each output row leans on its nearer input row above (even) or below (odd)
-    rows = plane.new_empty(n, 2 * h, w)
-    rows[:, 0::2] = 3 * plane + above
-    rows[:, 1::2] = 3 * plane + below
-    left = torch.cat((rows[..., :1], rows[..., :-1]), 2)
-    right = torch.cat((rows[..., 1:], rows[..., -1:]), 2)
-    out = plane.new_empty(n, 2 * h, 2 * w)
-    out[..., 0::2] = torch.floor((3 * rows + left + 8) / 16)
-    out[..., 1::2] = torch.floor((3 * rows + right + 7) / 16)
-    return out
+@functools.lru_cache(maxsize=16)
+def _upsample_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` integer weights of libjpeg's "fancy" 2x upsampling along one axis: output ``2i``
+    is ``3 x[i] + x[i - 1]``, output ``2i + 1`` is ``3 x[i] + x[i + 1]``, edges replicated (jdsample.c
+    ``h2v2_fancy_upsample``); the first ``n_out`` of the ``2 n_in`` rows."""
+    i = torch.arange(n_in)
+    out = torch.zeros(2 * n_in, n_in, dtype=torch.float64)
+    out[2 * i, i] += 3
+    out[2 * i, (i - 1).clamp(min=0)] += 1
+    out[2 * i + 1, i] += 3
+    out[2 * i + 1, (i + 1).clamp(max=n_in - 1)] += 1
+    return out[:n_out]
+
+
+def _upsample_420(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """libjpeg's "fancy" 2x upsampling of ``(N, h, w)`` chroma to ``size`` (at most ``(2h, 2w)``):
+    ``floor((rows · 3/4-1/4 · columns + 8 or 7) / 16)``. The triangle weights are integer matrices (products
+    of integers below 2**24 are exact in float32), applied as banded products; level-shifted input (integers
+    in [-128, 127]) gives the same result shifted, as floor commutes with integer shifts."""
+    rows = _upsample_matrix(plane.shape[-2], size[0]).to(device=plane.device, dtype=plane.dtype)
+    cols = _upsample_matrix(plane.shape[-1], size[1]).to(device=plane.device, dtype=plane.dtype)
+    # even output columns round with +8, odd ones with +7
+    bias = 8.0 - torch.arange(size[1], device=plane.device, dtype=plane.dtype).remainder(2)
+    return band_matmul_rows(rows, band_matmul_last(plane, cols)).add_(bias).mul_(1 / 16).floor_()
 
 
 # JFIF colour transforms (ITU-R BT.601, full range), rows = output channels
 _RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
-_YCBCR_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
-
-
-def _mix_channels(x: torch.Tensor, matrix: tuple[tuple[float, ...], ...]) -> torch.Tensor:
-    """Per-pixel 3x3 colour transform of ``(B, 3, H, W)`` as one batched matrix product (on CPU, ~100x faster
-    than the equivalent 1x1 convolution)."""
-    weight = torch.tensor(matrix, dtype=x.dtype, device=x.device)
-    return (weight @ x.reshape(x.shape[0], 3, -1)).reshape(x.shape)
+# the chroma columns of the inverse; every output takes luma with weight 1
+_CHROMA_TO_RGB = ((0.0, 1.402), (-0.344136, -0.714136), (1.772, 0.0))
 
 
 def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -112,19 +116,26 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     values on the 8-bit grid ``k / 255``."""
     b, _, h, w = x.shape
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    rgb = torch.round(x.to(work) * 255)
+    rgb = x.to(work).mul(255).round_()
     # libjpeg pads the image to whole 16x16 MCUs by repeating the last column and row
-    rgb = pad2d(rgb, 0, -h % 16, 0, -w % 16, "replicate")
-    ycc = _mix_channels(rgb, _RGB_TO_YCBCR)
-    ycc[:, 1:] += 128
-    ycc = torch.round(ycc).clamp_(0, 255)
+    if h % 16 or w % 16:
+        rgb = pad2d(rgb, 0, -h % 16, 0, -w % 16, "replicate")
+    hp, wp = rgb.shape[-2:]
+    # per-pixel 3x3 colour transform, as one batched product (on CPU ~100x faster than the equivalent 1x1
+    # convolution); the codec works on level-shifted samples (value - 128: luma shifted here, chroma,
+    # centred on 128, by leaving out JFIF's +128), and integer shifts commute with its rounding steps
+    to_ycc = torch.tensor(_RGB_TO_YCBCR, dtype=work, device=x.device).expand(b, 3, 3)
+    offset = torch.tensor([-128.0, 0.0, 0.0], dtype=work, device=x.device).view(1, 3, 1)
+    ycc = torch.baddbmm(offset, to_ycc, rgb.view(b, 3, hp * wp)).round_().clamp_(-128, 127)
+    ycc = ycc.view(b, 3, hp, wp)
     dct = dct_matrix(x.device, work)
     luma_q = quantization_table(LUMA_QUANT, quality).to(device=x.device, dtype=work)
     chroma_q = quantization_table(CHROMA_QUANT, quality).to(device=x.device, dtype=work)
     y = _code_plane(ycc[:, 0], luma_q, dct)[:, :h, :w]
     ch, cw = (h + 1) // 2, (w + 1) // 2
-    chroma = _code_plane(_downsample_420(ycc[:, 1:].reshape(2 * b, *ycc.shape[-2:])), chroma_q, dct)
+    chroma = _code_plane(_downsample_420(ycc[:, 1:].reshape(2 * b, hp, wp)), chroma_q, dct)
     # the decoder upsamples only the real chroma samples, replicating the last one at the edges
-    chroma = _upsample_420(chroma[:, :ch, :cw])[:, :h, :w].reshape(b, 2, h, w) - 128
-    out = _mix_channels(torch.cat((y[:, None], chroma), 1), _YCBCR_TO_RGB)
-    return (torch.round(out).clamp_(0, 255) / 255).to(x.dtype)
+    chroma = _upsample_420(chroma[:, :ch, :cw], (h, w)).view(b, 2, h * w)
+    to_rgb = torch.tensor(_CHROMA_TO_RGB, dtype=work, device=x.device).expand(b, 3, 2)
+    out = torch.baddbmm(y.reshape(b, 1, h * w), to_rgb, chroma).round_().clamp_(-128, 127)
+    return out.add_(128).div_(255).view(b, 3, h, w).to(x.dtype)

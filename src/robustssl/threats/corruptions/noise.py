@@ -8,10 +8,13 @@ as imagecorruptions 1.1.2, imagecorruptions/corruptions.py).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from robustssl.threats.corruptions.base import CORRUPTIONS
-from robustssl.threats.corruptions.kernels import draw_normal, draw_uniform
+from robustssl.threats.corruptions.kernels import draw_bytes, draw_normal
+from robustssl.threats.corruptions.poisson import draw_poisson
 from robustssl.threats.corruptions.tabulated import TabulatedCorruption
 
 
@@ -24,7 +27,7 @@ class GaussianNoise(TabulatedCorruption):
 
     def apply(self, x: torch.Tensor, c: float, generator: torch.Generator | None,
               params: str) -> torch.Tensor:
-        return x + draw_normal(tuple(x.shape), generator, x.device, std=c, dtype=x.dtype)
+        return draw_normal(tuple(x.shape), generator, x.device, std=c, dtype=x.dtype).add_(x)
 
 
 @CORRUPTIONS.register("shot_noise", family="noise")
@@ -36,9 +39,8 @@ class ShotNoise(TabulatedCorruption):
 
     def apply(self, x: torch.Tensor, c: float, generator: torch.Generator | None,
               params: str) -> torch.Tensor:
-        gen_device = generator.device if generator is not None else x.device
-        rate = (x * c).to(device=gen_device, dtype=torch.float32)
-        return (torch.poisson(rate, generator=generator) / c).to(device=x.device, dtype=x.dtype)
+        # an exact vectorized sampler: torch.poisson draws one value at a time on the CPU (see poisson.py)
+        return draw_poisson(x * c, generator).div_(c).to(x.dtype)
 
 
 @CORRUPTIONS.register("impulse_noise", family="noise")
@@ -54,6 +56,8 @@ class ImpulseNoise(TabulatedCorruption):
 
     def apply(self, x: torch.Tensor, c: float, generator: torch.Generator | None,
               params: str) -> torch.Tensor:
-        # one uniform per value: below c it is replaced, and below c / 2 (half of those) by salt
-        u = draw_uniform(tuple(x.shape), generator, x.device)
-        return torch.where(u < c, (u < c / 2).to(x.dtype), x)
+        # one uniform per value, as a 32-bit integer u (probability (u + 2**31) / 2**32): below c it is
+        # replaced, and below c / 2 (half of those) by salt; exact to 2**-32, 8 values per generator step
+        u = draw_bytes(4 * x.numel(), generator, x.device).view(torch.int32).view(x.shape)
+        replaced, salt = (math.ceil(p * 2 ** 32) - 2 ** 31 for p in (c, c / 2))
+        return torch.where(u < replaced, (u < salt).to(x.dtype), x)

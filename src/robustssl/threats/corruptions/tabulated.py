@@ -15,8 +15,10 @@ import torch
 from robustssl.runtime.validation import check_image
 from robustssl.threats.corruptions.base import Corruption, check_severity, resolve_params
 
-#: samples per CPU chunk = this many values / values per sample (3 images at 224 px, a whole CIFAR batch)
+#: samples per CPU chunk = this many values / values per sample, rounded up to a multiple of CHUNK_MULTIPLE
+#: (4 images at 224 px, a whole CIFAR batch)
 CPU_CHUNK_ELEMENTS = 2 ** 19
+CHUNK_MULTIPLE = 4
 
 
 class TabulatedCorruption(Corruption):
@@ -44,10 +46,17 @@ class TabulatedCorruption(Corruption):
         # on CPU, run cache-sized chunks of the batch: a chain of full-batch temporaries costs more in
         # allocation and memory traffic than the arithmetic (2-4x slower at 224 px, batch 64)
         out = torch.empty_like(x)
-        step = max(1, CPU_CHUNK_ELEMENTS // x[0].numel())
+        # a multiple of 4 samples: ops that split the batch among threads (grid_sample, batched products)
+        # would leave a thread idle on an odd chunk. Not tied to the thread count: random draws are made per
+        # chunk, so the output for a given generator must not depend on it
+        step = -(-max(1, CPU_CHUNK_ELEMENTS // x[0].numel()) // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
         for start in range(0, x.shape[0], step):
-            part = self.apply(work[start:start + step], c, generator, table).clamp(0.0, 1.0)
-            out[start:start + step] = part
+            part = self.apply(work[start:start + step], c, generator, table)
+            if part.dtype == out.dtype and not (part.requires_grad and torch.is_grad_enabled()):
+                # clamped straight into the output: one pass instead of a clamp and a copy
+                torch.clamp(part, 0.0, 1.0, out=out[start:start + step])
+            else:
+                out[start:start + step] = part.clamp(0.0, 1.0)
         return out
 
     __call__ = corrupt

@@ -11,13 +11,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from robustssl.threats.corruptions.kernels import draw_bytes, resize
+
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
             low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """Uniform ``[low, high)`` float32 samples of ``shape`` drawn from ``generator``, moved to ``device``."""
     source = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, device=source)
-    return (low + (high - low) * u).to(device)
+    if (low, high) != (0.0, 1.0):
+        u.mul_(high - low).add_(low)
+    return u.to(device)
 
 
 def normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
@@ -25,7 +29,7 @@ def normal(shape: tuple[int, ...], generator: torch.Generator | None, device: to
     """Gaussian float32 samples of ``shape`` drawn from ``generator`` and moved to ``device``."""
     source = generator.device if generator is not None else device
     z = torch.randn(shape, generator=generator, device=source)
-    return (mean + std * z).to(device)
+    return z.mul_(std).add_(mean).to(device)
 
 
 def next_power_of_two(n: int) -> int:
@@ -37,37 +41,58 @@ def plasma_fractal(batch: int, mapsize: int, wibbledecay: float, generator: torc
     """Diamond-square height maps, ``(batch, mapsize, mapsize)`` in [0, 1], one independent map per sample.
 
     The recursion of ImageNet-C's ``plasma_fractal`` (hendrycks/robustness, itself after FLHerne/mapgen):
-    corner value 0, a random offset of amplitude ``wibble**2`` (``wibble`` starts at 100) added to every new
-    midpoint, ``wibble`` divided by ``wibbledecay`` per level, wrap-around neighbours, then min-max
-    normalisation. Larger ``wibbledecay`` gives smoother maps. ``mapsize`` must be a power of two.
+    corner value 0, a random offset uniform on ``[-wibble**2, wibble**2)`` (``wibble`` starts at 100) added
+    to every new midpoint, ``wibble`` divided by ``wibbledecay`` per level, wrap-around neighbours, then
+    min-max normalisation. Larger ``wibbledecay`` gives smoother maps. ``mapsize`` must be a power of two.
+    The offsets are 24-bit uniforms (as ``torch.rand``'s) cut from random 32-bit words, see
+    ``diamond_square``.
     """
     if mapsize < 1 or mapsize & (mapsize - 1):
         raise ValueError(f"plasma_fractal: mapsize must be a power of two, got {mapsize}")
     if wibbledecay <= 0:
         raise ValueError(f"plasma_fractal: wibbledecay must be > 0, got {wibbledecay}")
-    maps = torch.zeros(batch, mapsize, mapsize, device=device)
-    step, wibble = mapsize, 100.0
+    counts = [3 * batch * 4 ** level for level in range(mapsize.bit_length() - 1)]
+    words = draw_bytes(4 * sum(counts), generator, device).view(torch.int32)
+    # the top 24 bits as a signed integer in [-2**23, 2**23): exactly uniform on [-1, 1) in steps of 2**-23
+    units = torch.bitwise_right_shift(words, 8).float().mul_(2.0 ** -23)
+    offsets = [part.view(3, batch, 2 ** level, 2 ** level) for level, part in enumerate(units.split(counts))]
+    return diamond_square(offsets, wibbledecay, batch, device)
 
-    def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
-        # the same draw as uniform(-wibble^2, wibble^2), scaled in place to save passes over the level
-        u = uniform(tuple(total.shape), generator, device)
-        return u.mul_(2 * wibble * wibble).sub_(wibble * wibble).add_(total, alpha=0.25)
 
-    while step >= 2:
-        half = step // 2
-        # squares: the centre of every step-sized square is the mean of its four corners
-        corners = maps[:, 0::step, 0::step]
-        total = corners + torch.roll(corners, -1, dims=1)
-        total.add_(torch.roll(total, -1, dims=2))  # in place (as below): same sums, fewer allocations
-        maps[:, half::step, half::step] = wibbled_mean(total)
-        # diamonds: edge midpoints from the two adjacent centres and the two adjacent corners
-        centres, corners = maps[:, half::step, half::step], maps[:, 0::step, 0::step]
-        top = (centres + torch.roll(centres, 1, dims=1)).add_(corners).add_(torch.roll(corners, -1, dims=2))
-        maps[:, 0::step, half::step] = wibbled_mean(top)
-        left = (centres + torch.roll(centres, 1, dims=2)).add_(corners).add_(torch.roll(corners, -1, dims=1))
-        maps[:, half::step, 0::step] = wibbled_mean(left)
-        step //= 2
+def diamond_square(offsets: list[torch.Tensor], wibbledecay: float, batch: int,
+                   device: torch.device) -> torch.Tensor:
+    """The diamond-square recursion of ``plasma_fractal`` with given unit offsets: ``offsets[level]`` is
+    ``(3, batch, 2**level, 2**level)`` in [-1, 1), scaled by ``wibble**2``, for the squares' centres, the
+    top and the left edge midpoints of that level. Returns ``(batch, n, n)`` in [0, 1], ``n = 2**levels``.
+
+    Each level holds the grid of corners ``c`` (``k x k``, wrapping around) and builds the centres and edge
+    midpoints as separate ``k x k`` grids from circularly padded copies, then interleaves the four into the
+    next level's ``2k x 2k`` corners: dense passes instead of strided reads and writes into one map.
+    """
+    corners = torch.zeros(batch, 1, 1, device=device)
+    wibble = 100.0
+    for noise in offsets:
+        k = corners.shape[-1]
+        scale = wibble * wibble
+        # c padded with its first row and column after the last: c[i + 1, j], c[i, j + 1], c[i + 1, j + 1]
+        c = F.pad(corners[:, None], (0, 1, 0, 1), mode="circular")[:, 0]
+        total = c[:, 1:, :k] + c[:, :k, :k]
+        total.add_(c[:, :k, 1:]).add_(c[:, 1:, 1:])
+        centres = noise[0].mul(scale).add_(total, alpha=0.25)
+        # centres padded with their last row and column before the first: m[i - 1, j], m[i, j - 1]
+        m = F.pad(centres[:, None], (1, 0, 1, 0), mode="circular")[:, 0]
+        # top midpoint (i, j + 1/2): centres below and above it, corners left and right of it
+        top = m[:, :k, 1:] + centres
+        top.add_(corners).add_(c[:, :k, 1:])
+        top = noise[1].mul(scale).add_(top, alpha=0.25)
+        # left midpoint (i + 1/2, j): centres right and left of it, corners above and below it
+        left = m[:, 1:, :k] + centres
+        left.add_(corners).add_(c[:, 1:, :k])
+        left = noise[2].mul(scale).add_(left, alpha=0.25)
+        rows = torch.stack((torch.stack((corners, top), -1), torch.stack((left, centres), -1)), 2)
+        corners = rows.view(batch, 2 * k, 2 * k)
         wibble /= wibbledecay
+    maps = corners
     flat = maps.view(batch, -1)
     lo = flat.amin(dim=1).view(batch, 1, 1)
     span = (flat.amax(dim=1).view(batch, 1, 1) - lo).clamp_min(1e-12)
@@ -129,14 +154,56 @@ def shift_sum(x: torch.Tensor, off_y: torch.Tensor, off_x: torch.Tensor, weights
     return out
 
 
-def _line_streaks(seeds: torch.Tensor, angles: torch.Tensor, length: int) -> torch.Tensor:
-    """Each nonzero pixel of ``seeds`` ``(B, H, W)`` smeared into a straight streak of ``length`` pixels at
-    the per-sample angle ``angles`` ``(B,)`` (radians), fading linearly along the streak (a line-kernel
-    convolution)."""
-    steps = torch.arange(length, device=seeds.device, dtype=torch.float32)
-    off_y = -torch.round(steps[None] * torch.sin(angles)[:, None]).long()
-    off_x = -torch.round(steps[None] * torch.cos(angles)[:, None]).long()
-    return shift_sum(seeds[:, None], off_y, off_x, [1 - i / length for i in range(length)])[:, 0]
+def bernoulli_positions(n: int, p: float, generator: torch.Generator | None,
+                        device: torch.device) -> torch.Tensor:
+    """The indices, ascending int64, at which ``n`` independent Bernoulli(``p``) trials succeed.
+
+    Drawn as the gaps between successes, which are independent geometric variables ``floor(log U / log(1 -
+    p)) + 1``: one uniform per success instead of one per trial, and no scan over the ``n`` trials.
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"bernoulli_positions: p must be in (0, 1), got {p}")
+    scale = 1 / math.log1p(-p)
+    parts, end = [], -1
+    while True:
+        expected = (n - 1 - end) * p
+        count = int(expected + 6 * math.sqrt(expected) + 16)
+        # 1 - U lies in (0, 1]: its log is finite
+        gaps = torch.floor(torch.log1p(-uniform((count,), generator, device)) * scale) + 1
+        positions = end + gaps.to(torch.int64).cumsum(0)
+        parts.append(positions[positions < n])
+        if int(positions[-1]) >= n:
+            return torch.cat(parts)
+        end = int(positions[-1])
+
+
+def _needles(batch: int, height: int, width: int, base: torch.Tensor, generator: torch.Generator | None,
+             device: torch.device) -> torch.Tensor:
+    """Frost needles ``(batch, height, width)``: in each of three families (angles ``base + k * 60°``,
+    ``base`` ``(batch,)`` in radians) a pixel seeds a needle with probability ``_NEEDLE_DENSITY``, of
+    strength uniform on [0.5, 1), smeared into a straight streak of ``_NEEDLE_LENGTH`` pixels that fades
+    linearly (a line-kernel convolution of the sparse seeds).
+
+    Only the ~3 % of pixels that seed are drawn (``bernoulli_positions``) and scattered along their streaks
+    (``index_add_``), so the cost follows the seeds, not the pixels.
+    """
+    plane, length = height * width, _NEEDLE_LENGTH
+    seeds = bernoulli_positions(3 * batch * plane, _NEEDLE_DENSITY, generator, device)
+    # seeds index (family, sample, y, x); streaks are drawn on planes with a margin of `length` pixels all
+    # round, so that no streak leaves its plane (the margins are cut off at the end)
+    group, pixel = seeds.div(plane, rounding_mode="floor"), seeds.remainder(plane)
+    wide = width + 2 * length
+    start = (group.remainder(batch) * (height + 2 * length) + length) * wide + length
+    start += pixel.div(width, rounding_mode="floor") * wide + pixel.remainder(width)
+    angle = base[None, :] + torch.arange(3, device=device)[:, None] * (math.pi / 3)  # (family, sample)
+    steps = torch.arange(length, device=device, dtype=torch.float32)
+    shift = (torch.round(steps * torch.sin(angle)[..., None]) * wide
+             + torch.round(steps * torch.cos(angle)[..., None])).long().view(3 * batch, length)
+    strength = uniform((seeds.numel(), 1), generator, device, 0.5, 1.0)
+    needles = torch.zeros(batch, height + 2 * length, wide, device=device)
+    needles.view(-1).index_add_(0, (start[:, None] + shift[group]).view(-1),
+                                (strength * (1 - steps / length)).view(-1))
+    return needles[:, length:length + height, length:length + width]
 
 
 def frost_texture(batch: int, height: int, width: int, scale: float, generator: torch.Generator | None,
@@ -153,19 +220,13 @@ def frost_texture(batch: int, height: int, width: int, scale: float, generator: 
     h0, w0 = max(2, math.ceil(height / scale)), max(2, math.ceil(width / scale))
     size = next_power_of_two(max(h0, w0))
     film = _standardize(plasma_fractal(batch, size, _FILM_DECAY, generator, device)[:, :h0, :w0])
-    # Needles: sparse seeds, each grown into a streak; three families 60 degrees apart, random base angle.
+    # needles in three families 60 degrees apart, with a random base angle per sample
     base = uniform((batch,), generator, device, 0.0, math.pi)
-    needles = torch.zeros(batch, h0, w0, device=device)
-    for k in range(3):
-        # one draw gives both the seed mask and its strength: given u < density, u / density is uniform on
-        # [0, 1), so seeds are uniform on [0.5, 1) as with a second draw, at half the random numbers
-        u = uniform((batch, h0, w0), generator, device)
-        seeds = torch.where(u < _NEEDLE_DENSITY, u.mul_(0.5 / _NEEDLE_DENSITY).add_(0.5), 0.0)
-        needles = needles + _line_streaks(seeds, base + k * math.pi / 3, _NEEDLE_LENGTH)
+    needles = _needles(batch, h0, w0, base, generator, device)
     texture = _standardize(needles).mul_(_NEEDLE_WEIGHT).add_(film)[:, None]
     # the reference shrinks photographs with cv2.INTER_LINEAR (no antialiasing) and enlarges with INTER_CUBIC
     mode = "bilinear" if scale < 1 else "bicubic"
-    texture = F.interpolate(texture, size=(height, width), mode=mode, align_corners=False)
+    texture = resize(texture, (height, width), mode)
     texture, t_std = _centred(texture)
     styles = torch.tensor(FROST_STYLES, dtype=torch.float32, device=device)  # (5, 3 statistics, 3 channels)
     pick = torch.floor(uniform((batch,), generator, device, 0.0, len(FROST_STYLES))).long()

@@ -167,14 +167,16 @@ class Snow(_Weather):
         b, _, h, w = x.shape
         layer = normal((b, 1, h, w), generator, x.device, mean, std)
         layer = clipped_zoom(layer, zoom)
-        layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp(0, 1)
+        # thresholds are positive: what survives is >= threshold, so only the upper clip can act
+        layer = layer.masked_fill(layer < threshold, 0.0).clamp_(max=1)
         angle = uniform((b,), generator, x.device, -135.0, -45.0)
         layer = motion_blur(layer, radius, sigma, angle)
         # the reference stores the blurred layer as an 8-bit image
-        layer = torch.round(layer * 255) / 255
-        # in-place steps on fresh tensors: each full-batch pass is memory-bound, so fewer passes is faster
-        gray = x[:, :1] * _LUMA[0]
-        gray.add_(x[:, 1:2], alpha=_LUMA[1]).add_(x[:, 2:3], alpha=_LUMA[2]).mul_(1.5).add_(0.5)
+        layer = layer.mul_(255).round_().div_(255)
+        # in-place steps on fresh tensors: each full-batch pass is memory-bound, so fewer passes is faster;
+        # the grey level 1.5 * luma + 0.5 is one batched product over the three channels
+        luma = torch.tensor(_LUMA, device=x.device).mul_(1.5).view(1, 1, 3).expand(b, 1, 3)
+        gray = torch.baddbmm(x.new_full((1, 1, 1), 0.5), luma, x.reshape(b, 3, h * w)).view(b, 1, h, w)
         out = torch.maximum(x, gray).mul_(1 - blend).add_(x, alpha=blend)
         return out.add_(layer.add_(torch.flip(layer, dims=(-2, -1)))).clamp_(0, 1)
 
@@ -267,9 +269,12 @@ def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """OpenCV ``Canny(image, low, high)`` (3x3 Sobel, L1 magnitude) on ``(B, 1, H, W)`` 8-bit values held in a
     float tensor; returns a bool edge map ``(B, 1, H, W)``."""
     padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
-    sobel_x = ((-1, 0, 1), (-2, 0, 2), (-1, 0, 1))
-    gx = _correlate3(padded, sobel_x)
-    gy = _correlate3(padded, tuple(zip(*sobel_x, strict=True)))
+    # 3x3 Sobel as smoothing (1, 2, 1) across and a difference along each axis: 6 passes instead of 12
+    # (sums of small integers, so exact in any order)
+    across = torch.add(padded[..., :-2, :], padded[..., 2:, :]).add_(padded[..., 1:-1, :], alpha=2)
+    gx = across[..., 2:] - across[..., :-2]
+    along = torch.add(padded[..., :-2], padded[..., 2:]).add_(padded[..., 1:-1], alpha=2)
+    gy = along[..., 2:, :] - along[..., :-2, :]
     ax, ay = gx.abs(), gy.abs()
     mag = ax + ay
     m = F.pad(mag, (1, 1, 1, 1))  # magnitude outside the image is 0
@@ -279,8 +284,8 @@ def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
         return m[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
 
     horizontal = ay < ax * _TAN22
-    vertical = ~horizontal & (ay > ax * _TAN67)
-    diagonal = ~horizontal & ~vertical
+    vertical = ay > ax * _TAN67  # never horizontal too: tan 67.5 > tan 22.5
+    diagonal = ~(horizontal | vertical)
     # OpenCV compares one neighbour strictly and the other with >=, except on diagonals (both strict)
     keep_h = (mag > at(0, -1)) & (mag >= at(0, 1))
     keep_v = (mag > at(-1, 0)) & (mag >= at(1, 0))
@@ -321,16 +326,18 @@ def edge_distance(edges: torch.Tensor, cap: int) -> torch.Tensor:
     """Euclidean distance from every pixel to the nearest edge pixel of ``edges`` ``(B, 1, H, W)`` bool,
     capped at ``cap`` (OpenCV ``distanceTransform`` then ``threshold(..., THRESH_TRUNC)``). Exact two-pass
     transform: vertical distances by running max/min of edge rows, then a windowed minimum over horizontal
-    offsets."""
+    offsets. All intermediate values are small integers (squared distances up to ``2 (cap + 1)²``), kept in
+    int16 where they fit: half the memory traffic of float32 for the ~2 cap passes."""
     b, _, h, w = edges.shape
-    far = float(h + w + cap)
-    rows = torch.arange(h, device=edges.device, dtype=torch.float32).view(1, 1, h, 1).expand(b, 1, h, w)
+    far = h + w + cap
+    dtype = torch.int16 if far < 2 ** 15 and 2 * (cap + 1) ** 2 < 2 ** 15 else torch.int32
+    rows = torch.arange(h, device=edges.device, dtype=dtype).view(1, 1, h, 1).expand(b, 1, h, w)
     # nearest edge row above / below, searched only within cap + 1 rows (farther ones are capped anyway)
     above = _window_extreme(torch.where(edges, rows, -far), cap + 2, torch.maximum, from_above=True)
     below = _window_extreme(torch.where(edges, rows, far), cap + 2, torch.minimum, from_above=False)
-    vertical = torch.minimum(rows - above, below - rows).clamp_max(cap + 1)
-    squared = F.pad(vertical, (cap, cap), value=float(cap + 1)).square_()
-    best = vertical.square_()
+    vertical = torch.minimum(rows - above, below - rows).clamp_max_(cap + 1)
+    best = vertical.mul_(vertical)
+    squared = F.pad(best, (cap, cap), value=(cap + 1) ** 2)
     # Offsets +-dx share dx^2, so one minimum of the two shifted views serves both. |dx| = cap is skipped:
     # it can only give values >= cap^2, which the final cap already produces. All values are small integers,
     # so the result is exact whatever the order. A few samples at a time, so that the 2 (cap - 1) passes
@@ -342,7 +349,7 @@ def edge_distance(edges: torch.Tensor, cap: int) -> torch.Tensor:
         for dx in range(1, cap):
             torch.minimum(sq[..., cap - dx:cap - dx + w], sq[..., cap + dx:cap + dx + w], out=tmp)
             torch.minimum(bst, tmp.add_(dx * dx), out=bst)
-    return best.sqrt_().clamp_max_(cap)
+    return best.float().sqrt_().clamp_max_(cap)
 
 
 def equalize_hist(image: torch.Tensor) -> torch.Tensor:
