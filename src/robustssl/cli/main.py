@@ -14,7 +14,7 @@ from robustssl import __version__
 from robustssl.runtime.logging import configure
 
 # Verb modules under robustssl.cli, in the order --help lists them.
-VERBS = ("data", "encoders", "pretrain", "finetune", "attack", "corrupt", "bench", "report")
+VERBS = ("data", "encoders", "pretrain", "finetune", "attack", "corrupt", "defend", "bench", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
