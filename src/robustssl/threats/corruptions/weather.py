@@ -289,9 +289,10 @@ def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     # OpenCV compares one neighbour strictly and the other with >=, except on diagonals (both strict)
     keep_h = (mag > at(0, -1)) & (mag >= at(0, 1))
     keep_v = (mag > at(-1, 0)) & (mag >= at(1, 0))
+    # diagonals: the neighbours along the gradient, up-left/down-right when gx and gy share a sign
     same_sign = (gx * gy) >= 0
-    keep_d = torch.where(same_sign, (mag > at(-1, -1)) & (mag > at(1, 1)),
-                         (mag > at(-1, 1)) & (mag > at(1, -1)))
+    keep_d = (mag > torch.where(same_sign, at(-1, -1), at(-1, 1))) & \
+        (mag > torch.where(same_sign, at(1, 1), at(1, -1)))
     local_max = (horizontal & keep_h) | (vertical & keep_v) | (diagonal & keep_d)
     weak = local_max & (mag > low)
     edges = weak & (mag > high)
@@ -356,8 +357,9 @@ def equalize_hist(image: torch.Tensor) -> torch.Tensor:
     """OpenCV ``equalizeHist`` per sample on ``(B, 1, H, W)`` 8-bit values held in a float tensor."""
     b = image.shape[0]
     flat = image.reshape(b, -1).long()
-    ones = torch.ones_like(flat, dtype=torch.float32)
-    hist = torch.zeros(b, 256, device=image.device).scatter_add_(1, flat, ones)
+    # all histograms in one bincount: sample i counts into bins 256 i .. 256 i + 255
+    offsets = torch.arange(0, 256 * b, 256, device=image.device)[:, None]
+    hist = torch.bincount((flat + offsets).view(-1), minlength=256 * b).view(b, 256).float()
     cdf = hist.cumsum(dim=1)
     first = (hist > 0).float().argmax(dim=1, keepdim=True)
     first_count = hist.gather(1, first)
@@ -398,7 +400,7 @@ class Spatter(_Weather):
         mean, std, sigma, threshold, intensity, mud = SPATTER_PARAMS[preset][severity - 1]
         b, _, h, w = x.shape
         layer = _gaussian_blur(normal((b, 1, h, w), generator, x.device, mean, std), sigma)
-        layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
+        layer = layer.masked_fill_(layer < threshold, 0.0)
         if not mud:
             colour = torch.tensor(_WATER, device=x.device).view(1, 3, 1, 1)
             # a few samples at a time: the shading is ~60 elementwise passes (Canny, distance transform, ...),
@@ -406,6 +408,7 @@ class Spatter(_Weather):
             mask = torch.cat([_liquid_mask(part, intensity) for part in layer.split(_EDT_CHUNK)])
             return torch.addcmul(x, mask, colour).clamp_(0, 1)
         m = _gaussian_blur((layer > threshold).float(), intensity)
-        m = torch.where(m < 0.8, torch.zeros_like(m), m)
+        m = m.masked_fill_(m < 0.8, 0.0)
         colour = torch.tensor(_MUD, device=x.device).view(1, 3, 1, 1)
-        return (x * (1 - m) + colour * m).clamp(0, 1)
+        # x (1 - m) + colour m in one pass
+        return torch.lerp(x, colour.expand_as(x), m).clamp_(0, 1)
