@@ -1,6 +1,6 @@
 """``robustssl finetune``: fine-tune a head (slf, alf) or the whole model (aff, ft), save it, test it.
 
-    robustssl finetune --encoder runs/quickstart/encoders/simclr/encoder.safetensors --data scenes --task classification \\
+    robustssl finetune --encoder runs/simclr/encoder.safetensors --data scenes --task classification \\
         --protocol aff --loss trades --beta 6 --epochs 25 --eps 8/255 --out runs/aff --eval-attack pgd
 
 ``--encoder`` is a checkpoint (loaded safely) or a registered encoder name (freshly initialized from
