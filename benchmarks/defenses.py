@@ -190,7 +190,8 @@ def run_dataset(name: str, args: argparse.Namespace, out: Path, results: list, b
             mae_model = fine_tuned(mae_backbone, task, train_ds, mae, args, seed=10 + position,
                                    mask_ratio=0.75)
             baseline = mae_reconstruction(mae, mae_model, mask_ratio=0.75, seed=args.seed)
-            mae_config = dataclasses.replace(config, threats=("eot-pgd",))
+            mae_threats = tuple(t for t in ("eot-pgd", "bpda-eot-pgd") if t in args.threats) or ("eot-pgd",)
+            mae_config = dataclasses.replace(config, threats=mae_threats)
             mae_rows = evaluate_defense(mae_model, baseline, test_ds, mae_config)
             for row in mae_rows:
                 row["model"] = {"undefended": "mae-undefended", "defended": "mae-defended"}[row["model"]]

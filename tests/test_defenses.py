@@ -108,6 +108,22 @@ def test_purified_images_are_the_clamped_reconstruction(scenes):
     assert float(purified.detach().min()) >= 0 and float(purified.detach().max()) <= 1
 
 
+def test_bpda_twin_has_the_same_outputs_and_passes_gradients_through_the_clamp(scenes):
+    x = _x(scenes).requires_grad_(True)
+    defended = denoise_then_classify(denoiser(), task_model(), sigma=0.5)
+    twin = defended.bpda()
+    assert twin.straight_through and twin.denoiser is defended.denoiser and twin.model is defended.model
+    hard = defended.purify(x, make_generator(0))
+    through = twin.purify(x, make_generator(0))
+    assert torch.equal(hard, through)
+    assert bool(((hard == 0) | (hard == 1)).any())  # saturated pixels, where the two gradients differ
+    weights = torch.rand(hard.shape, generator=torch.Generator().manual_seed(1))
+    (grad_hard,) = torch.autograd.grad((hard * weights).sum(), x)
+    (grad_through,) = torch.autograd.grad((through * weights).sum(), x)
+    assert not torch.allclose(grad_hard, grad_through)
+    assert torch.equal(defended(x, generator=make_generator(2)), twin(x, generator=make_generator(2)))
+
+
 def test_gradients_flow_through_the_whole_pipeline(scenes):
     x = _x(scenes).requires_grad_(True)
     defended = denoise_then_classify(denoiser(), task_model(), sigma=0.2)
@@ -256,8 +272,8 @@ def test_evaluate_defense_rows_for_every_threat_and_task(scenes):
         rows = evaluate_defense(model, defended, scenes, config)
         seen = {(r["model"], r["threat"]) for r in rows}
         expected = {("undefended", "clean"), ("undefended", "pgd"), ("defended", "clean"),
-                    ("defended", "pgd"), ("defended", "eot-pgd"), ("defended", "transfer-pgd"),
-                    ("defended", "square")}
+                    ("defended", "pgd"), ("defended", "eot-pgd"), ("defended", "bpda-eot-pgd"),
+                    ("defended", "transfer-pgd"), ("defended", "square")}
         if task == "classification":
             expected.add(("defended", "autoattack-rand"))
         assert seen == expected

@@ -8,8 +8,9 @@ adaptively.
 The task model is the denoiser's own encoder (or ``--encoder``) with the task's head fitted on clean ``train``
 images (the undefended model); a copy is fine-tuned on denoised images (``--finetune-epochs``, σ ~
 ``--finetune-sigma``, default U(0, 30/255)) and wrapped by the defence. Both are evaluated on the first
-``--n`` samples of ``--split``: clean and PGD for the undefended model; clean, PGD, EOT-PGD, gray-box
-transfer, Square and AutoAttack-rand (classifiers) for the defended one (``--threats`` picks). ``--curve``
+``--n`` samples of ``--split``: clean and PGD for the undefended model; clean, PGD, EOT-PGD, EOT-PGD with
+a straight-through clamp (BPDA), gray-box transfer, Square and AutoAttack-rand (classifiers) for the
+defended one (``--threats`` picks). ``--curve``
 sweeps σ_test (the MAE baseline: the test-time mask ratio) and writes ``tradeoff.csv`` and ``tradeoff.png``
 to ``--out``.
 """
@@ -60,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aa-steps", type=int, default=100, help="AutoAttack-rand APGD steps (default 100)")
     p.add_argument("--aa-eot-samples", type=int, default=20, help="AutoAttack-rand EOT draws (default 20)")
     p.add_argument("--threats", type=_threat_list, default=None,
-                   help="comma-separated subset of pgd,eot-pgd,transfer-pgd,square,autoattack-rand")
+                   help="comma-separated subset of pgd,eot-pgd,bpda-eot-pgd,transfer-pgd,square,"
+                   "autoattack-rand (default all)")
     p.add_argument("--eval-draws", type=int, default=1, help="fresh evaluations of the defence, averaged")
     p.add_argument("--n", type=int, default=128, help="samples evaluated (the first N of --split)")
     p.add_argument("--n-train", type=int, default=None, help="train samples for the head (default all)")

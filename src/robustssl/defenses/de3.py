@@ -85,7 +85,7 @@ class DenoisedModel(nn.Module):
     model's. Differentiable end to end (white-box attacks go through the denoiser)."""
 
     def __init__(self, denoiser: MaskedImageModel | str | os.PathLike, task_model: nn.Module, *, sigma: float,
-                 mask_ratio: float = 0.0, seed: int = 0):
+                 mask_ratio: float = 0.0, seed: int = 0, straight_through: bool = False):
         super().__init__()
         denoiser = _as_denoiser(denoiser)
         if not isinstance(task_model, nn.Module):
@@ -99,11 +99,19 @@ class DenoisedModel(nn.Module):
         check_compatible(denoiser, task_model)
         self.denoiser, self.model = denoiser, task_model
         self.mask_ratio, self.seed = float(mask_ratio), seed
+        self.straight_through = bool(straight_through)
         self.task = getattr(task_model, "task", None)
         self._generator: torch.Generator | None = None
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma:.4g}, mask_ratio={self.mask_ratio}, seed={self.seed}, task={self.task!r}"
+        return (f"sigma={self.sigma:.4g}, mask_ratio={self.mask_ratio}, seed={self.seed}, task={self.task!r}"
+                + (", straight_through=True" if self.straight_through else ""))
+
+    def bpda(self) -> DenoisedModel:
+        """The same pipeline (shared modules, same outputs) with a straight-through clamp: gradients pass
+        where the reconstruction saturates (BPDA). A surrogate for attacks, never for evaluation."""
+        return DenoisedModel(self.denoiser, self.model, sigma=self.sigma, mask_ratio=self.mask_ratio,
+                             seed=self.seed, straight_through=True)
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the wrapper's own random stream (from ``seed``, default the constructor's)."""
@@ -121,7 +129,8 @@ class DenoisedModel(nn.Module):
     def purify(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The denoised image ``(B, C, H, W)`` in [0, 1] the task model sees."""
         generator = generator if generator is not None else self._own_generator(x.device)
-        return self.denoiser.purify(x, sigma=self.sigma, mask_ratio=self.mask_ratio, generator=generator)
+        return self.denoiser.purify(x, sigma=self.sigma, mask_ratio=self.mask_ratio, generator=generator,
+                                    straight_through=self.straight_through)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Any:
         return self.model(self.purify(x, generator))

@@ -9,6 +9,8 @@ threat              what it is
 ``pgd``             white-box PGD; on the defended model each gradient sees one random draw (no EOT)
 ``eot-pgd``         white-box PGD through the whole randomized pipeline (noise, denoiser, clamp, task
                     model) with each gradient averaged over ``eot_samples`` draws (the engine's ``eot``)
+``bpda-eot-pgd``    EOT-PGD whose gradients pass the final clamp straight through (BPDA on the one
+                    non-differentiable-in-effect step: the clamp zeroes gradients where it saturates)
 ``transfer-pgd``    gray-box: PGD crafted on the undefended model, evaluated on the defended one
 ``square``          black-box Square (score-based; margin loss for classification)
 ``autoattack-rand`` AutoAttack's version for randomized defences (APGD-CE, APGD-DLR with EOT; classifiers)
@@ -44,10 +46,11 @@ from robustssl.runtime.device import resolve_device
 from robustssl.runtime.logging import get_logger
 from robustssl.runtime.seeding import make_generator
 from robustssl.threats.api import attack
+from robustssl.threats.attacks.eot import EOT
 
 log = get_logger(__name__)
 
-THREATS = ("pgd", "eot-pgd", "transfer-pgd", "square", "autoattack-rand")
+THREATS = ("pgd", "eot-pgd", "bpda-eot-pgd", "transfer-pgd", "square", "autoattack-rand")
 #: headline metric per task and whether higher is better
 HEADLINE = {"classification": ("top1", True), "segmentation": ("miou", True), "depth": ("abs_rel", False)}
 #: metrics recorded per task
@@ -110,13 +113,20 @@ def _metrics(model: nn.Module, task: str, images: torch.Tensor, targets: torch.T
     return {m: sum(r[m] for r in runs) / len(runs) for m in METRICS[task]}
 
 
-def _attack_spec(threat: str, task: str, config: DefenseEvalConfig, surrogate: nn.Module) -> tuple[str, dict]:
-    """(attack name, keyword arguments for ``robustssl.threats.attack``) of a threat."""
+def _attack_spec(threat: str, task: str, config: DefenseEvalConfig, surrogate: nn.Module,
+                 defended: DenoisedModel | None = None) -> tuple[str, dict]:
+    """(attack name, keyword arguments for ``robustssl.threats.attack``) of a threat. ``surrogate``: the
+    undefended model (gray-box); ``defended``: the defence (its BPDA twin crafts ``bpda-eot-pgd``)."""
     pgd = {"steps": config.steps, "step_size": config.step_size}
     if threat == "pgd":
         return "pgd", pgd
     if threat == "eot-pgd":
         return "eot", {"inner": "pgd", "samples": config.eot_samples, **pgd}
+    if threat == "bpda-eot-pgd":
+        if defended is None:
+            raise ValueError("bpda-eot-pgd needs the defended model")
+        return "transfer", {"surrogate": defended.bpda(),
+                            "inner": EOT("pgd", samples=config.eot_samples, **pgd)}
     if threat == "transfer-pgd":
         return "transfer", {"surrogate": surrogate, "inner": "pgd", **pgd}
     if threat == "square":
@@ -211,7 +221,7 @@ def evaluate_defense(undefended: nn.Module, defended: DenoisedModel, dataset: Vi
     for position, threat in enumerate(config.threats):
         if threat == "autoattack-rand" and task != "classification":
             continue
-        name, kwargs = _attack_spec(threat, task, config, undefended)
+        name, kwargs = _attack_spec(threat, task, config, undefended, defended)
         adv, fwd, bwd, seconds = _run_attack(defended, name, kwargs, images, targets, config,
                                              config.seed + 1 + position, device)
         record("defended", label, threat, defended, adv, seconds, fwd, bwd)

@@ -397,12 +397,14 @@ class MaskedImageModel(PretrainMethod):
 
     # --- the denoiser ---------------------------------------------------------------------------------------
     def purify(self, x: torch.Tensor, *, sigma: float | torch.Tensor = 0.0, mask_ratio: float = 0.0,
-               generator: torch.Generator) -> torch.Tensor:
+               generator: torch.Generator, straight_through: bool = False) -> torch.Tensor:
         """Reconstruct ``x`` ``(B, C, img_size, img_size)`` in [0, 1] from ``x + N(0, σ²)`` with a random
         ``mask_ratio`` of its patches dropped; returns the reconstruction clamped to [0, 1].
 
         ``sigma``: a number or ``(B,)`` per image, >= 0. Per-patch statistics for ``norm_pix_loss`` come from
-        ``x`` itself (before noise), as in the published De³. Differentiable w.r.t. ``x``.
+        ``x`` itself (before noise), as in the published De³. Differentiable w.r.t. ``x``; the clamp's
+        gradient is zero where it saturates, or the identity with ``straight_through=True`` (BPDA, Athalye et
+        al. 2018: same outputs, gradients that pass the clamp, for attacks).
         """
         self.check_input(x, f"{self.method_name}.purify")
         if isinstance(sigma, torch.Tensor):
@@ -413,7 +415,10 @@ class MaskedImageModel(PretrainMethod):
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio!r}")
         x_in, keep, _ = self.corrupt(x, generator, sigma=sigma, mask_ratio=mask_ratio)
-        return self.to_image(self.predict(x_in, keep), x).clamp(0, 1)
+        image = self.to_image(self.predict(x_in, keep), x)
+        if straight_through:
+            return image + (image.clamp(0, 1) - image).detach()
+        return image.clamp(0, 1)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the whole model (encoder + decoder) to ``<path>.safetensors`` and its ``.json`` sidecar
