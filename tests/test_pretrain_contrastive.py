@@ -420,3 +420,44 @@ def test_every_method_has_its_presets():
     names = {p.stem for p in PRESET_DIR.glob("*.yaml")}
     for method in ("acl", "advcl", "deacl"):
         assert {f"{method}-scenes-tiny", f"{method}-digits-tiny", f"{method}-cifar10-paper"} <= names
+
+
+# --- the exported encoder keeps the branch the method names for downstream use ------------------------------
+def test_acl_checkpoint_loads_with_the_adversarial_branch(tmp_path):
+    from robustssl.encoders.batchnorm import bn_branch, get_bn_branch
+    from robustssl.pretrain.trainer import TrainConfig, train
+
+    method = build_method("acl", tiny_encoder(), **small_options("acl", tmp_path), steps=1)
+    assert method.eval_bn_branch == "adv"
+    config = TrainConfig(steps=2, batch_size=8, warmup_steps=0, lr=0.1)
+    summary = train(method, tiny_dataset(), config, out_dir=tmp_path / "run")
+    loaded = rs.encoders.load(summary["checkpoint"])
+    assert get_bn_branch(loaded) == "adv"
+    assert get_bn_branch(method.encoder) == "clean"  # the training module is left as it was
+    x = torch.rand(4, 3, 16, 16, generator=make_generator(1))
+    trained = method.encoder.eval()
+    with torch.no_grad(), bn_branch(trained, "adv"):
+        adv = trained.embed(x)
+    with torch.no_grad(), bn_branch(trained, "clean"):
+        clean = trained.embed(x)
+    with torch.no_grad():
+        got = loaded.embed(x)
+    torch.testing.assert_close(got, adv)
+    assert not torch.allclose(got, clean)  # the two branches differ after training, so the check has teeth
+
+
+@pytest.mark.filterwarnings("ignore:.*missing key")
+def test_a_checkpoint_naming_a_branch_needs_a_dual_bn_encoder(tmp_path):
+    import json
+
+    path = rs.encoders.checkpoints.save(tiny_encoder(dual_bn=False), tmp_path / "plain")
+    assert json.loads(path.with_suffix(".json").read_text())["bn_branch"] is None
+    dual = rs.encoders.checkpoints.save(tiny_encoder(dual_bn=True), tmp_path / "dual")
+    sidecar = dual.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["bn_branch"] == "clean"
+    meta["encoder_config"]["dual_bn"] = False
+    meta["bn_branch"] = "adv"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no dual batch-norm layers"):
+        rs.encoders.load(dual, strict=False)

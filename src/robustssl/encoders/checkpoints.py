@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robustssl.encoders.base import Encoder
+from robustssl.encoders.batchnorm import DualBatchNorm2d, get_bn_branch, set_bn_branch
 from robustssl.encoders.factory import create
 from robustssl.runtime.logging import get_logger
 
@@ -133,6 +134,13 @@ def _cpu_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # --- save -----------------------------------------------------------------------------------------------
+def _current_bn_branch(encoder: nn.Module) -> str | None:
+    """The branch of the dual batch-norm layers (``"clean"``/``"adv"``), or None without any."""
+    if not any(isinstance(m, DualBatchNorm2d) for m in encoder.modules()):
+        return None
+    return get_bn_branch(encoder)
+
+
 def save(encoder: Encoder, path: str | os.PathLike, *, method: str | None = None, epoch: int | None = None,
          config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``<path>.safetensors`` (or ``path`` if it ends in .safetensors) and its ``.json`` sidecar.
@@ -167,6 +175,8 @@ def save(encoder: Encoder, path: str | os.PathLike, *, method: str | None = None
         "num_parameters": sum(p.numel() for p in encoder.parameters()),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights_file": weights.name,
+        # dual-BN encoders (ACL, AdvCL) are used downstream through one branch; load() restores it
+        "bn_branch": _current_bn_branch(encoder),
     }
     _json_text(meta, "checkpoint metadata (method, config, extra)")
     # Both files are complete under temporary names before either replaces an existing checkpoint.
@@ -441,6 +451,12 @@ def load_with_report(path: str | os.PathLike, map_location: str | torch.device =
         dict(meta.get("encoder_config") or {}) if name is None or name == meta.get("name") else {})
     encoder = create(arch, **kwargs)
     report = load_into(encoder, source, strict=strict, where=str(file))
+    branch = meta.get("bn_branch")
+    if branch is not None:
+        if _current_bn_branch(encoder) is None:
+            raise ValueError(f"{file}: its metadata names the batch-norm branch {branch!r} but the rebuilt "
+                             f"{arch!r} encoder has no dual batch-norm layers (built without dual_bn?)")
+        set_bn_branch(encoder, str(branch))
     report.path, report.format, report.name, report.metadata = str(file), kind, str(arch), meta
     report.sha256, report.sha256_status = sha, sha_status
     return encoder.to(map_location).eval(), report

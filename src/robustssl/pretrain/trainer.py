@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from robustssl.data.base import VisionDataset
+from robustssl.encoders.batchnorm import bn_branch
 from robustssl.encoders.checkpoints import load_state, save_state
 from robustssl.encoders.checkpoints import save as save_checkpoint
 from robustssl.pretrain.method import PretrainMethod
@@ -332,14 +334,18 @@ def train(
         if main:
             resolved = {"method": method_name, "dataset": dataset.name, "world_size": world, **asdict(config)}
             (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True, default=str))
-            summary["checkpoint"] = str(
-                save_checkpoint(
-                    method.encoder,
-                    out / "encoder.safetensors",
-                    method=method_name,
-                    epoch=None,
-                    config=resolved,
+            # A method trained with two batch-norm branches names the one to use downstream (ACL, AdvCL:
+            # the adversarial one); the checkpoint records it and robustssl.encoders.load restores it.
+            branch = getattr(method, "eval_bn_branch", None)
+            with bn_branch(method.encoder, branch) if branch else contextlib.nullcontext():
+                summary["checkpoint"] = str(
+                    save_checkpoint(
+                        method.encoder,
+                        out / "encoder.safetensors",
+                        method=method_name,
+                        epoch=None,
+                        config=resolved,
+                    )
                 )
-            )
         distributed.barrier()
     return summary
