@@ -2,7 +2,8 @@
 
 For every preset asked for (default: every shipped ``*-tiny`` preset): pretrain it (or reuse a finished run
 under ``--runs``), fit a linear probe (SLF: frozen features, L-BFGS, weight decay chosen on the val split) and
-measure clean and PGD (L-inf, eps 8/255, 10 steps, on the probe's cross-entropy) accuracy on the test split.
+measure clean and PGD (L-inf, eps 2, 4 and 8/255, 10 steps, on the probe's cross-entropy) accuracy on the test
+split.
 The baseline is a random-init encoder of the same architecture with the preset's initial weights.
 
     python benchmarks/pretrain_quality.py [--presets simclr-scenes-tiny acl-scenes-tiny ...] [--n-test 500]
@@ -26,23 +27,24 @@ from robustssl.heads.task_model import TaskModel
 from robustssl.pretrain import presets as P
 from robustssl.runtime import make_generator, seeded_init
 
+EPS_255 = (2, 4, 8)  # PGD budgets, in 1/255
 FIELDS = (
     "preset",
     "method",
     "data",
     "encoder",
     "clean_top1",
-    "pgd_top1",
+    *(f"pgd{e}_top1" for e in EPS_255),
     "random_clean_top1",
-    "random_pgd_top1",
+    *(f"random_pgd{e}_top1" for e in EPS_255),
     "pretrain_seconds",
     "n_test",
 )
 
 
 def evaluate(
-    encoder: rs.encoders.Encoder, data: str, data_opts: dict, n_test: int, eps: float, seed: int
-) -> tuple[float, float]:
+    encoder: rs.encoders.Encoder, data: str, data_opts: dict, n_test: int, seed: int
+) -> tuple[float, list[float]]:
     opts = {k: v for k, v in data_opts.items() if k not in ("split", "n")}
     sized = {"n": 500} if data.startswith("scenes") else {}
     train = rs.data.load(
@@ -58,9 +60,11 @@ def evaluate(
     x, y = batch["image"], batch["label"]
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
-    result = rs.threats.attack(model, x, y, "pgd", eps=eps, steps=10, generator=make_generator(seed))
-    with torch.no_grad():
-        robust = float((model(result.x_adv).argmax(1) == y).float().mean())
+    robust = []
+    for e in EPS_255:
+        result = rs.threats.attack(model, x, y, "pgd", eps=e / 255, steps=10, generator=make_generator(seed))
+        with torch.no_grad():
+            robust.append(float((model(result.x_adv).argmax(1) == y).float().mean()))
     return clean, robust
 
 
@@ -69,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="*", default=None)
     parser.add_argument("--runs", default="runs/pretrain-quality")
     parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.presets or [n for n in P.list_presets() if n.endswith("-tiny")]
     rows = []
+    out = Path(args.runs) / "pretrain_quality.csv"
     for name in names:
         preset = P.load_preset(name)
         start = time.perf_counter()
@@ -84,33 +88,34 @@ def main(argv: list[str] | None = None) -> int:
         trained = rs.encoders.load(path)
         with seeded_init(int(preset.train.get("seed", 0))):
             random_init = rs.encoders.create(preset.encoder, **preset.encoder_options)
-        clean, robust = evaluate(trained, preset.data, preset.data_options, args.n_test, args.eps, 0)
-        r_clean, r_robust = evaluate(random_init, preset.data, preset.data_options, args.n_test, args.eps, 0)
+        clean, robust = evaluate(trained, preset.data, preset.data_options, args.n_test, 0)
+        r_clean, r_robust = evaluate(random_init, preset.data, preset.data_options, args.n_test, 0)
         row = dict(
             preset=name,
             method=preset.method,
             data=preset.data,
             encoder=preset.encoder,
             clean_top1=round(clean, 4),
-            pgd_top1=round(robust, 4),
+            **{f"pgd{e}_top1": round(r, 4) for e, r in zip(EPS_255, robust, strict=True)},
             random_clean_top1=round(r_clean, 4),
-            random_pgd_top1=round(r_robust, 4),
+            **{f"random_pgd{e}_top1": round(r, 4) for e, r in zip(EPS_255, r_robust, strict=True)},
             pretrain_seconds=round(seconds, 1),
             n_test=args.n_test,
         )
         rows.append(row)
         print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    out = Path(args.runs) / "pretrain_quality.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\n{'preset':<34}{'clean':>8}{'pgd':>8}{'rand clean':>12}{'rand pgd':>10}{'secs':>8}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as fh:  # rewritten after every preset: a long run keeps what it has
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    pgd = "".join(f"{'pgd' + str(e):>8}" for e in EPS_255)
+    print(f"\n{'preset':<34}{'clean':>8}{pgd}{'rand clean':>12}{'rand pgd2':>10}{'secs':>8}")
     for r in rows:
+        robust = "".join(f"{r[f'pgd{e}_top1']:>8.3f}" for e in EPS_255)
         print(
-            f"{r['preset']:<34}{r['clean_top1']:>8.3f}{r['pgd_top1']:>8.3f}{r['random_clean_top1']:>12.3f}"
-            f"{r['random_pgd_top1']:>10.3f}{r['pretrain_seconds']:>8.0f}"
+            f"{r['preset']:<34}{r['clean_top1']:>8.3f}{robust}{r['random_clean_top1']:>12.3f}"
+            f"{r['random_pgd2_top1']:>10.3f}{r['pretrain_seconds']:>8.0f}"
         )
     print(f"\nwritten: {out}")
     return 0
