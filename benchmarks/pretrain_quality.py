@@ -74,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/pretrain-quality")
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--csv", default=None, help="results file (default <runs>/pretrain_quality.csv)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.presets or [n for n in P.list_presets() if n.endswith("-tiny")]
     rows = []
-    out = Path(args.runs) / "pretrain_quality.csv"
+    out = Path(args.csv) if args.csv else Path(args.runs) / "pretrain_quality.csv"
     for name in names:
         preset = P.load_preset(name)
         start = time.perf_counter()

@@ -361,3 +361,13 @@ def test_ddp_simclr_keeps_ranks_in_sync_and_rank0_writes(tmp_path):
     assert len(sums) == 2 and sums[0] == sums[1]
     assert (tmp_path / "encoder.safetensors").exists() and (tmp_path / STATE_FILE).exists()
     assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if not n.startswith("test-")])
+def test_every_method_refuses_a_module_without_the_encoder_interface(name):
+    from torch import nn
+
+    from robustssl.pretrain import build_method
+
+    with pytest.raises(TypeError, match=r"needs a robustssl Encoder \(embed/dense\), got Conv2d"):
+        build_method(name, nn.Conv2d(3, 8, 3))
