@@ -53,9 +53,21 @@ def probe_head(dim: int, classes: int, seed: int) -> nn.Module:
 
 
 def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(correct(head, features, labels).float().mean())
+
+
+def correct(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per test image: is the prediction right? (B,) bool."""
     head.eval()
     with torch.no_grad():
-        return float((head(features).argmax(1) == labels).float().mean())
+        return head(features).argmax(1) == labels
+
+
+def paired_standard_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Standard error, in points, of the accuracy difference of two classifiers on the same test images
+    (McNemar: only the images they disagree on carry information): 100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n."""
+    n01, n10, n = int((a & ~b).sum()), int((~a & b).sum()), len(a)
+    return 100 * max(n01 + n10 - (n01 - n10) ** 2 / n, 0.0) ** 0.5 / n
 
 
 def sgd_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], lrs: list[float], cached: bool,
@@ -101,7 +113,8 @@ def sgd_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], lr
     assert best is not None
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     x_test, t_test = extract_features(encoder, sets["test"], "embed", batch_size=256)
-    return {"test": accuracy(best[2], x_test, t_test["label"]), "val": best[0], "chosen": f"lr {best[1]:g}",
+    right = correct(best[2], x_test, t_test["label"])
+    return {"test": float(right.float().mean()), "correct": right, "val": best[0], "chosen": f"lr {best[1]:g}",
             "seconds": seconds, "cpu": cpu}
 
 
@@ -110,9 +123,12 @@ def slf_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], se
     result = finetune(encoder, sets["train"], sets["val"], task="classification", protocol="slf", seed=seed,
                       device="cpu")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    x_test, t_test = extract_features(encoder, sets["test"], "embed", batch_size=256)
+    right = correct(result.model.head, x_test, t_test["label"])
     test = evaluate(result.model, sets["test"], batch_size=256)["top1"]
-    return {"test": test, "val": result.info["val_score"], "chosen": f"wd {result.info['weight_decay']:g}",
-            "seconds": seconds, "cpu": cpu}
+    assert abs(test - float(right.float().mean())) < 1e-6  # the head on cached features = the task model
+    return {"test": test, "correct": right, "val": result.info["val_score"],
+            "chosen": f"wd {result.info['weight_decay']:g}", "seconds": seconds, "cpu": cpu}
 
 
 def main() -> None:
@@ -157,7 +173,10 @@ def main() -> None:
                 name = ""
             slf = rows[2][1]
             gap, speed = 100 * (slf["test"] - base["test"]), base["seconds"] / slf["seconds"]
+            se = paired_standard_error(slf["correct"], base["correct"])
             verdict = {True: "met", False: "NOT met"}
+            print(f"{'':<36} paired standard error of the difference: {se:.2f} points "
+                  f"(one test image = {100 / len(slf['correct']):.2f})")
             print(f"{'':<36} bar: |SLF - SGD| <= 0.5 points ({gap:+.2f}: {verdict[abs(gap) <= 0.5]}; SLF at "
                   f"most 0.5 below: {verdict[gap >= -0.5]}), >= 10x faster in wall time ({speed:.1f}x: "
                   f"{verdict[speed >= 10]}); vs one SGD run (grid / {len(lrs)}): {speed / len(lrs):.1f}x")

@@ -33,7 +33,11 @@ def spec_with(**changes):
 def test_shipped_specs_validate():
     assert {"quickstart", "tiny"} <= set(list_specs())
     quick = load_spec("quickstart")
-    assert [e.label for e in quick.encoders] == ["random-init", "simclr"]
+    # issue #7: the demo pretrains simclr, advcl and nim, against the random initialization
+    assert [e.label for e in quick.encoders] == ["random-init", "simclr", "advcl", "nim"]
+    assert {e.label: e.path for e in quick.encoders if e.source == "preset"} == {
+        "random-init": "simclr-scenes-tiny", "simclr": "simclr-scenes-tiny", "advcl": "advcl-scenes-tiny",
+        "nim": "nim-scenes-tiny"}
     assert [t.kind for t in quick.tasks] == ["classification", "segmentation", "depth"]
     corruptions = next(t for t in quick.threats if t.kind == "corruptions")
     assert len(corruptions.corruptions) == 19 and corruptions.severities == (1, 2, 3, 4, 5)
