@@ -65,7 +65,8 @@ def correct(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> to
 
 def paired_standard_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """Standard error, in points, of the accuracy difference of two classifiers on the same test images
-    (McNemar: only the images they disagree on carry information): 100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n."""
+    (McNemar: only the images they disagree on carry information):
+    100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n."""
     n01, n10, n = int((a & ~b).sum()), int((~a & b).sum()), len(a)
     return 100 * max(n01 + n10 - (n01 - n10) ** 2 / n, 0.0) ** 0.5 / n
 
@@ -114,8 +115,8 @@ def sgd_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], lr
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     x_test, t_test = extract_features(encoder, sets["test"], "embed", batch_size=256)
     right = correct(best[2], x_test, t_test["label"])
-    return {"test": float(right.float().mean()), "correct": right, "val": best[0], "chosen": f"lr {best[1]:g}",
-            "seconds": seconds, "cpu": cpu}
+    return {"test": float(right.float().mean()), "correct": right, "val": best[0],
+            "chosen": f"lr {best[1]:g}", "seconds": seconds, "cpu": cpu}
 
 
 def slf_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], seed: int) -> dict[str, Any]:
