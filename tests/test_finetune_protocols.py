@@ -362,6 +362,21 @@ def test_dense_protocols_train_heads_of_the_right_shape_and_select_on_validation
         assert result.info["head"] == options.get("head", {})
 
 
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_slf_dense_heads_depend_on_the_seed_not_on_the_global_random_state(task):
+    train, val = cells_ds(16, "train", 0), cells_ds(6, "val", 1)
+    encoder = tiny_convnet()
+    options = {"epochs": 1, "batch_size": 8}
+    heads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # whatever ran before in this process
+        result = finetune(encoder, train, val, task=task, protocol="slf", seed=7, device="cpu", **options)
+        heads.append(state_of(result.model.head))
+    assert_same_state(*heads)
+    other = finetune(encoder, train, val, task=task, protocol="slf", seed=8, device="cpu", **options)
+    assert any(not torch.equal(v, state_of(other.model.head)[k]) for k, v in heads[0].items())
+
+
 def test_bf16_autocast_trains_and_reports_its_precision():
     result = finetune(tiny_convnet(), cells_ds(16, "train", 0), cells_ds(6, "val", 1), protocol="aff",
                       loss="trades", device="cpu", precision="bf16", **FAST)

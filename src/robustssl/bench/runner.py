@@ -42,7 +42,7 @@ from robustssl.runtime.device import resolve_device
 from robustssl.runtime.logging import get_logger
 from robustssl.runtime.precision import autocast
 from robustssl.runtime.progress import progress
-from robustssl.runtime.seeding import make_generator, seeded_init
+from robustssl.runtime.seeding import make_generator
 from robustssl.threats.corruptions.api import derive_seed
 
 log = get_logger(__name__)
@@ -154,20 +154,17 @@ class Runner:
         )
         start, cpu = time.perf_counter(), time.process_time()
         seed = derive_seed(self.spec.seed, "head", encoder, task)
-        # seeded_init: modules built while fitting (e.g. slf's dense heads) draw their initial weights from
-        # the default generator; pin it so a head does not depend on what ran before it in this process
-        with seeded_init(seed):
-            result = finetune(
-                base,
-                data.train,
-                data.val,
-                task=spec_task.kind,
-                protocol=spec_task.protocol,
-                seed=seed,
-                device=self.device,
-                precision=self.spec.precision,
-                **options,
-            )
+        result = finetune(  # every head's initial weights derive from ``seed`` (finetune pins them)
+            base,
+            data.train,
+            data.val,
+            task=spec_task.kind,
+            protocol=spec_task.protocol,
+            seed=seed,
+            device=self.device,
+            precision=self.spec.precision,
+            **options,
+        )
         base.eval()
         shared = result.model.encoder is base
         info = _json_safe({**result.info, "seconds": time.perf_counter() - start})

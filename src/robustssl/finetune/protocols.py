@@ -314,10 +314,13 @@ def _slf(encoder: Encoder, train_ds: VisionDataset, val_ds: VisionDataset, train
                 "val_accuracy_by_weight_decay": {str(k): v for k, v in
                                                  fit["val_accuracy_by_weight_decay"].items()}}
     else:
-        head, fit = fit_dense_head(encoder, train_ds, val_ds, task, epochs=opts["epochs"], lr=opts["lr"],
-                                   batch_size=opts["batch_size"], weight_decay=opts["weight_decay"],
-                                   depth_loss=opts.get("depth_loss", "silog"), generator=make_generator(seed),
-                                   **opts.get("head", {}), **common)
+        # the dense head's initial weights come from the default generator: pin it to ``seed`` so the head
+        # does not depend on what ran before in this process
+        with seeded_init(seed):
+            head, fit = fit_dense_head(encoder, train_ds, val_ds, task, epochs=opts["epochs"], lr=opts["lr"],
+                                       batch_size=opts["batch_size"], weight_decay=opts["weight_decay"],
+                                       depth_loss=opts.get("depth_loss", "silog"),
+                                       generator=make_generator(seed), **opts.get("head", {}), **common)
         metric = SELECT_METRIC[task][0]
         info = {"val_metric": metric, "val_score": fit[f"val_{metric}"], "best_epoch": fit["best_epoch"],
                 "epochs": opts["epochs"], "lr": opts["lr"], "weight_decay": opts["weight_decay"],
