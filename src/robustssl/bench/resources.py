@@ -9,7 +9,6 @@ reuses) them later, when the run needs them.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from robustssl import data, encoders
 from robustssl.bench.spec import BenchSpec, EncoderSpec, SpecError, TaskSpec, ThreatSpec
 from robustssl.data.base import VisionDataset
 from robustssl.encoders.base import Encoder
+from robustssl.encoders.checkpoints import sha256_file
 from robustssl.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -126,14 +126,6 @@ def _preset(enc: EncoderSpec) -> Any:
     return presets.override(presets.load_preset(enc.path), list(enc.overrides))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _find_checkpoint(enc: EncoderSpec, spec: BenchSpec) -> Path:
     """The checkpoint file: as given (relative to the working directory), else next to the spec file."""
     given = Path(enc.path).expanduser()
@@ -174,7 +166,7 @@ def _identity(enc: EncoderSpec, checkpoint: Path | None) -> dict[str, Any]:
     """What determines the encoder's weights (part of every cell hash)."""
     if enc.source == "checkpoint":
         assert checkpoint is not None
-        return {"checkpoint_sha256": _sha256(checkpoint), "arch": enc.name, "options": enc.options}
+        return {"checkpoint_sha256": sha256_file(checkpoint), "arch": enc.name, "options": enc.options}
     if enc.source == "registry":
         return {"registry": enc.name, "options": enc.options, "init_seed": enc.init_seed}
     preset = _preset(enc)

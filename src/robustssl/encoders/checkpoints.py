@@ -82,7 +82,8 @@ class LoadReport:
 
 
 # --- small file helpers ----------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -183,7 +184,7 @@ def save(encoder: Encoder, path: str | os.PathLike, *, method: str | None = None
     tmp_weights, tmp_sidecar = _temp_path(weights), _temp_path(sidecar_path(weights))
     try:
         save_file(tensors, str(tmp_weights), metadata=header)
-        meta["sha256"] = _sha256(tmp_weights)
+        meta["sha256"] = sha256_file(tmp_weights)
         tmp_sidecar.write_text(_json_text(meta, "checkpoint metadata"))
         _commit(tmp_weights, weights)
         _commit(tmp_sidecar, sidecar_path(weights))
@@ -425,7 +426,7 @@ def load_with_report(path: str | os.PathLike, map_location: str | torch.device =
         header = _safetensors_header(file)
         if sidecar.is_file():
             meta = _read_sidecar(sidecar)
-            sha = _sha256(file)
+            sha = sha256_file(file)
             expected = meta.get("sha256")
             if expected != sha:
                 raise ValueError(f"sha256 mismatch for {file}: its sidecar {sidecar.name} records "

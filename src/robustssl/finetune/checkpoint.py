@@ -22,7 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustssl.encoders.checkpoints import _json_text, _sha256, _write_atomic, load_state, save, save_state
+from robustssl.encoders.checkpoints import (
+    _json_text,
+    _write_atomic,
+    load_state,
+    save,
+    save_state,
+    sha256_file,
+)
 from robustssl.encoders.checkpoints import load as load_encoder
 from robustssl.heads.classifier import LinearClassifier
 from robustssl.heads.depth import DepthHead
@@ -65,9 +72,9 @@ def save_task_model(model: TaskModel, directory: str | os.PathLike, *,
                                                 "state": model.head.state_dict()})
     from robustssl import __version__
 
-    encoder_entry = {"file": ENCODER_FILE, "name": model.encoder.name, "sha256": _sha256(encoder_file)}
+    encoder_entry = {"file": ENCODER_FILE, "name": model.encoder.name, "sha256": sha256_file(encoder_file)}
     meta = {"format": FORMAT, "task": model.task, "encoder": encoder_entry,
-            "head": {**config, "file": HEAD_FILE, "sha256": _sha256(head_file)},
+            "head": {**config, "file": HEAD_FILE, "sha256": sha256_file(head_file)},
             "robustssl_version": __version__, "torch_version": torch.__version__, "info": info_json}
     text = _json_text(meta, "task model description")
     path = folder / MODEL_FILE
@@ -92,7 +99,7 @@ def _verified(folder: Path, entry: Any, what: str, model_file: Path) -> Path:
     file = folder / entry["file"]
     if not file.is_file():
         raise FileNotFoundError(f"{model_file} names {what} file {file}, which does not exist")
-    digest = _sha256(file)
+    digest = sha256_file(file)
     if digest != entry.get("sha256"):
         raise ValueError(f"sha256 mismatch for {file}: {model_file.name} records {entry.get('sha256')}, the "
                          f"file hashes to {digest}; it was modified or truncated after saving")

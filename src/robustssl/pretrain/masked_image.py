@@ -23,7 +23,6 @@ noise, masks) comes from the ``generator`` passed in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,7 +36,14 @@ import torch
 from torch import nn
 
 from robustssl.encoders.base import Encoder
-from robustssl.encoders.checkpoints import load_state, save_state, sidecar_path, weights_path
+from robustssl.encoders.checkpoints import (
+    _write_atomic,
+    load_state,
+    save_state,
+    sha256_file,
+    sidecar_path,
+    weights_path,
+)
 from robustssl.encoders.factory import create
 from robustssl.encoders.vit import Block, VisionTransformer
 from robustssl.pretrain.method import METHODS, PretrainMethod, build_method
@@ -433,21 +439,11 @@ class MaskedImageModel(PretrainMethod):
             "encoder_config": self.encoder.config,
             "img_size": self.img_size,
             "patch_size": self.patch_size,
-            "sha256": _sha256(weights),
+            "sha256": sha256_file(weights),
         }
-        sidecar = sidecar_path(weights)
-        tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, sidecar)
+        text = json.dumps(meta, indent=2, sort_keys=True)
+        _write_atomic(sidecar_path(weights), lambda tmp: tmp.write_text(text))
         return weights
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _from_run(run: Path) -> MaskedImageModel:
@@ -500,7 +496,7 @@ def load_denoiser(path: str | os.PathLike, map_location: str | torch.device = "c
     if meta.get("format") != DENOISER_FORMAT:
         raise ValueError(f"{sidecar} is not a denoiser sidecar (format {meta.get('format')!r}, expected "
                          f"{DENOISER_FORMAT!r}); encoder checkpoints are read with robustssl.encoders.load")
-    if meta.get("sha256") != _sha256(weights):
+    if meta.get("sha256") != sha256_file(weights):
         raise ValueError(f"sha256 mismatch for {weights}: the weights were modified or truncated after "
                          "saving")
     encoder = create(meta["encoder"], **(meta.get("encoder_config") or {}))

@@ -32,6 +32,10 @@ METHODS: Registry[PretrainMethod] = Registry("pretraining method")
 
 
 class PretrainMethod(nn.Module):
+    #: for methods trained with two batch-norm branches (ACL, AdvCL): the branch the exported encoder uses
+    #: downstream; None leaves the encoder as it is
+    eval_bn_branch: str | None = None
+
     def __init__(self, encoder: Encoder):
         super().__init__()
         if not isinstance(encoder, Encoder):

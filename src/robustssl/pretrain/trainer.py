@@ -336,7 +336,7 @@ def train(
             (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True, default=str))
             # A method trained with two batch-norm branches names the one to use downstream (ACL, AdvCL:
             # the adversarial one); the checkpoint records it and robustssl.encoders.load restores it.
-            branch = getattr(method, "eval_bn_branch", None)
+            branch = method.eval_bn_branch
             with bn_branch(method.encoder, branch) if branch else contextlib.nullcontext():
                 summary["checkpoint"] = str(
                     save_checkpoint(
