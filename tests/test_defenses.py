@@ -3,6 +3,7 @@
 import argparse
 import copy
 import csv
+from dataclasses import replace as dataclasses_replace
 
 import matplotlib.image
 import pytest
@@ -19,6 +20,7 @@ from robustssl.defenses import (
     finetune_on_denoised,
     headline,
     mae_reconstruction,
+    paired_draw_difference,
     tradeoff_curve,
     write_curve,
 )
@@ -281,6 +283,29 @@ def test_evaluate_defense_rows_for_every_threat_and_task(scenes):
         eot = next(r for r in rows if r["threat"] == "eot-pgd")
         plain = next(r for r in rows if r["threat"] == "pgd" and r["model"] == "defended")
         assert eot["fwd"] > plain["fwd"]  # EOT spends its draws
+
+
+def test_every_threat_is_evaluated_on_the_same_draws(scenes):
+    """Common random numbers: with eps 0 every attack returns the clean images, so every defended row must
+    equal the clean one draw for draw (before, each threat saw other draws); the attacks' own stream is left
+    alone, and the paired difference over draws is then exactly 0."""
+    model = task_model("segmentation")
+    defended = denoise_then_classify(denoiser(), model, sigma=0.2, seed=5)
+    config = DefenseEvalConfig(eps=0.0, steps=2, eot_samples=2, n=8, batch_size=8, eval_draws=3,
+                               threats=("pgd", "eot-pgd"), device="cpu")
+    rows = evaluate_defense(model, defended, scenes, config)
+    miou = {r["threat"]: r for r in rows if r["model"] == "defended" and r["metric"] == "miou"}
+    assert len(miou["clean"]["draws"]) == 3
+    assert len(set(miou["clean"]["draws"])) > 1  # the draws do differ from one another
+    assert miou["pgd"]["draws"] == miou["clean"]["draws"] == miou["eot-pgd"]["draws"]
+    assert paired_draw_difference(rows, "defended", "eot-pgd", "pgd") == (0.0, 0.0)
+    again = evaluate_defense(model, defended, scenes, dataclasses_replace(config, eval_seed=77))
+    other = next(r for r in again
+                 if r["model"] == "defended" and r["threat"] == "clean" and r["metric"] == "miou")
+    assert other["draws"] != miou["clean"]["draws"]  # eval_seed picks the draws
+    assert defended.seed == 5  # the wrapper's own seed is restored after evaluation
+    with pytest.raises(ValueError, match="eval_seed"):
+        DefenseEvalConfig(eval_seed=-1)
 
 
 def test_tradeoff_curve_files_exist_and_parse(tmp_path, scenes):

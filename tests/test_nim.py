@@ -265,6 +265,17 @@ def test_presets_name_a_method_its_options_and_a_vit(name):
     build_method(preset["method"], encoder, **options)
 
 
+@pytest.mark.parametrize("name", ["nim-scenes-tiny", "nim-digits-tiny"])
+def test_tiny_nim_presets_train_over_every_noise_level_de3_uses(name):
+    """The tiny presets draw sigma ~ U(0, 100/255): from clean images (what the linear probe and the task
+    models see) up past De3's test noise (benchmarks/defenses.py: 50/255) and the fine-tuning U(0, 30/255)."""
+    from robustssl.pretrain.masked_image import NoiseLevel
+
+    options = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())["method_options"]
+    noise = NoiseLevel.parse(options["sigma"])
+    assert noise.kind == "uniform" and noise.params[0] == 0 and noise.params[1] >= 75 / 255
+
+
 def test_a_pretraining_run_folder_loads_as_a_denoiser(tmp_path):
     from robustssl.pretrain.presets import from_dict, pretrain_preset
 

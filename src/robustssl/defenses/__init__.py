@@ -20,6 +20,7 @@ from robustssl.defenses.evaluate import (
     evaluate_defense,
     format_table,
     headline,
+    paired_draw_difference,
     tradeoff_curve,
     write_curve,
     write_rows,
@@ -28,4 +29,5 @@ from robustssl.pretrain.masked_image import load_denoiser
 
 __all__ = ["FINETUNE_SIGMA", "THREATS", "DefenseEvalConfig", "DenoisedModel", "check_compatible",
            "denoise_then_classify", "evaluate_defense", "finetune_on_denoised", "format_table", "headline",
-           "load_denoiser", "mae_reconstruction", "tradeoff_curve", "write_curve", "write_rows"]
+           "load_denoiser", "mae_reconstruction", "paired_draw_difference", "tradeoff_curve", "write_curve",
+           "write_rows"]

@@ -17,7 +17,10 @@ threat              what it is
 ==================  ==============================================================================
 
 The undefended model gets ``clean`` and ``pgd``. Every metric of a randomized model is measured on fresh
-draws (the wrapper's own stream, ``eval_draws`` evaluations averaged), never on the draws the attack saw.
+draws, never on the draws the attack saw: ``eval_draws`` evaluations averaged, drawn from a stream
+seeded ``eval_seed`` (default ``seed + 1000``) that restarts for every threat. Every threat is therefore
+judged on the *same* noise (common random numbers), so a difference between threats (EOT-PGD against plain
+PGD, say) is the attacks' doing, not evaluation noise; each row keeps its per-draw values in ``draws``.
 Headline metrics: top-1 (classification), mIoU (segmentation), AbsRel (depth, lower is better).
 
 :func:`tradeoff_curve` sweeps σ_test (or the MAE baseline's test-time mask ratio) and records clean and
@@ -65,7 +68,11 @@ KNOBS = ("sigma", "mask_ratio")
 class DefenseEvalConfig:
     """Attack budget and sample counts. ``eps`` in image units (L-inf by default); ``steps``/``step_size``
     are PGD's (step None: 2.5 eps / steps); ``n`` test images from the start of the dataset (or the given
-    indices); ``eval_draws`` fresh evaluations of the randomized model averaged per metric."""
+    indices); ``eval_draws`` fresh evaluations of the randomized model averaged per metric, from a stream
+    seeded ``eval_seed`` (None: ``seed + 1000``) restarted for every threat (common random numbers)."""
+
+    #: offset of the default evaluation seed from ``seed`` (kept away from the attacks' seeds)
+    EVAL_SEED_OFFSET = 1000
 
     eps: float = 4 / 255
     norm: str = "linf"
@@ -80,6 +87,7 @@ class DefenseEvalConfig:
     batch_size: int = 64
     eval_draws: int = 1
     seed: int = 0
+    eval_seed: int | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -90,6 +98,9 @@ class DefenseEvalConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+        seed = self.eval_seed
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"eval_seed must be None or an int >= 0, got {self.eval_seed!r}")
         self.threats = tuple(self.threats)
         unknown = [t for t in self.threats if t not in THREATS]
         if unknown:
@@ -97,20 +108,39 @@ class DefenseEvalConfig:
 
 
 def _row(model: str, defense: str, task: str, threat: str, eps: float, metric: str, value: float, n: int,
-         seconds: float = 0.0, fwd: int = 0, bwd: int = 0) -> dict[str, Any]:
+         seconds: float = 0.0, fwd: int = 0, bwd: int = 0, draws: Sequence[float] = ()) -> dict[str, Any]:
     return {"model": model, "defense": defense, "task": task, "threat": threat, "eps": eps, "metric": metric,
-            "value": float(value), "n": n, "seconds": round(seconds, 3), "fwd": fwd, "bwd": bwd}
+            "value": float(value), "n": n, "seconds": round(seconds, 3), "fwd": fwd, "bwd": bwd,
+            "draws": [float(v) for v in draws] or [float(value)]}
+
+
+def _eval_seed(config: DefenseEvalConfig) -> int:
+    return config.eval_seed if config.eval_seed is not None else config.seed + config.EVAL_SEED_OFFSET
 
 
 def _metrics(model: nn.Module, task: str, images: torch.Tensor, targets: torch.Tensor, dataset: VisionDataset,
-             draws: int, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Task metrics of ``model`` on ``images``; a randomized model is evaluated ``draws`` times, averaged."""
+             draws: int, batch_size: int, device: torch.device,
+             eval_seed: int | None = None) -> dict[str, Any]:
+    """Task metrics of ``model`` on ``images``; a randomized model is evaluated ``draws`` times, averaged
+    (``"draws"``: the per-draw values). With ``eval_seed`` a :class:`DenoisedModel` draws from a stream
+    started at ``eval_seed`` for this evaluation only (the same draws for every call: common random
+    numbers); its own stream (which attacks without EOT use) is left where it was."""
     held = TensorDataset(images.cpu(), name=f"{dataset.name}-eval", split=dataset.split,
                          num_classes=dataset.num_classes, depth_range=dataset.depth_range,
                          **{TARGET_KEYS[task]: targets.cpu()})
-    runs = [evaluate(model, held, batch_size=batch_size, device=device)
-            for _ in range(draws if isinstance(model, DenoisedModel) else 1)]
-    return {m: sum(r[m] for r in runs) / len(runs) for m in METRICS[task]}
+    randomized = isinstance(model, DenoisedModel)
+    saved = (model.seed, model._generator) if randomized else None
+    if randomized and eval_seed is not None:
+        model.reseed(eval_seed)
+    try:
+        runs = [evaluate(model, held, batch_size=batch_size, device=device)
+                for _ in range(draws if randomized else 1)]
+    finally:
+        if saved is not None:
+            model.seed, model._generator = saved
+    values: dict[str, Any] = {m: sum(r[m] for r in runs) / len(runs) for m in METRICS[task]}
+    values["draws"] = {m: [float(r[m]) for r in runs] for m in METRICS[task]}
+    return values
 
 
 def _attack_spec(threat: str, task: str, config: DefenseEvalConfig, surrogate: nn.Module,
@@ -205,11 +235,13 @@ def evaluate_defense(undefended: nn.Module, defended: DenoisedModel, dataset: Vi
     def record(model_name: str, defense: str, threat: str, model: nn.Module, x: torch.Tensor,
                seconds: float = 0.0, fwd: int = 0, bwd: int = 0) -> None:
         start = time.perf_counter()
-        values = _metrics(model, task, x, targets, dataset, config.eval_draws, config.batch_size, device)
+        values = _metrics(model, task, x, targets, dataset, config.eval_draws, config.batch_size, device,
+                          _eval_seed(config))
+        draws = values.pop("draws")
         seconds += time.perf_counter() - start if threat == "clean" else 0.0
         for metric, value in values.items():
             rows.append(_row(model_name, defense, task, threat, 0.0 if threat == "clean" else eps, metric,
-                             value, n, seconds, fwd, bwd))
+                             value, n, seconds, fwd, bwd, draws[metric]))
         log.info("%s %s %s: %s", model_name, task, threat,
                  ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
@@ -236,6 +268,31 @@ def headline(rows: Iterable[dict[str, Any]], model: str, threat: str) -> float |
     return None
 
 
+def paired_draw_difference(rows: Iterable[dict[str, Any]], model: str, threat: str,
+                           reference: str) -> tuple[float, float] | None:
+    """``(mean, standard error)`` over the evaluation draws of the headline metric of ``model`` under
+    ``threat`` minus under ``reference``. :func:`evaluate_defense` evaluates every threat on the same draws,
+    so draw ``k`` of one threat is paired with draw ``k`` of the other; the error is that of the evaluation
+    noise (it is 0 with one draw, or with a deterministic model). None when a row is missing."""
+    rows = list(rows)
+    pick = {}
+    for want in (threat, reference):
+        pick[want] = next((r for r in rows if r["model"] == model and r["threat"] == want
+                           and r["metric"] == HEADLINE[r["task"]][0]), None)
+        if pick[want] is None:
+            return None
+    a, b = pick[threat].get("draws") or [pick[threat]["value"]], pick[reference].get("draws") or [
+        pick[reference]["value"]]
+    if len(a) != len(b):
+        raise ValueError(f"{threat} has {len(a)} evaluation draws but {reference} {len(b)}")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean, 0.0
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
+
+
 def tradeoff_curve(denoiser: MaskedImageModel, task_model: nn.Module, dataset: VisionDataset,
                    values: Sequence[float], *, knob: str = "sigma", sigma: float = 0.0,
                    mask_ratio: float = 0.0, config: DefenseEvalConfig | None = None,
@@ -258,10 +315,10 @@ def tradeoff_curve(denoiser: MaskedImageModel, task_model: nn.Module, dataset: V
         settings = {"sigma": sigma, "mask_ratio": mask_ratio, knob: float(value)}
         defended = DenoisedModel(denoiser, task_model, seed=config.seed, **settings).to(device).eval()
         draws, batch = config.eval_draws, config.batch_size
-        clean = _metrics(defended, task, images, targets, dataset, draws, batch, device)
+        clean = _metrics(defended, task, images, targets, dataset, draws, batch, device, _eval_seed(config))
         adv, *_ = _run_attack(defended, name, kwargs, images, targets, config, config.seed + 100 + position,
                               device)
-        robust = _metrics(defended, task, adv, targets, dataset, draws, batch, device)
+        robust = _metrics(defended, task, adv, targets, dataset, draws, batch, device, _eval_seed(config))
         rows.append({"defense": getattr(denoiser, "method_name", "denoiser"), "knob": knob,
                      "value": float(value), "task": task, "metric": metric, "clean": clean[metric],
                      "robust": robust[metric], "n": images.shape[0], "eps": config.eps})
