@@ -1,20 +1,29 @@
 """Does each pretraining method learn, and does the robust one give robustness? (issue #5's quality bars)
 
 For every preset asked for (default: every shipped ``*-tiny`` preset): pretrain it (or reuse a finished run
-under ``--runs``), fit a linear probe (SLF: frozen features, L-BFGS, weight decay chosen on the val split) and
-measure clean and PGD (L-inf, eps 2, 4 and 8/255, 10 steps, on the probe's cross-entropy) accuracy on the test
-split.
-The baseline is a random-init encoder of the same architecture with the preset's initial weights.
+of the same preset under ``--runs``), fit a linear probe (SLF: frozen features, L-BFGS, weight decay chosen on
+the val split) and measure clean and PGD (L-inf, eps 2, 4 and 8/255, 10 steps, on the probe's cross-entropy)
+accuracy on the test split.
+The baseline is a random-init encoder of the same architecture with the preset's initial weights, probed the
+same way on the same test images. Is the margin (probe clean minus random-init clean, in points) clear? The
+paired (McNemar) standard error of that difference comes from the test images the two probes disagree on;
+``clear`` = margin > 2 paired SE.
 
-    python benchmarks/pretrain_quality.py [--presets simclr-scenes-tiny acl-scenes-tiny ...] [--n-test 500]
+Test sets: scenes is synthetic, so ``--n-test`` (default 2000) images; digits has 359. Clean accuracy and the
+margin use the whole test set, PGD the first ``--n-pgd`` (default 500) of them.
 
-Prints a table and writes ``<runs>/pretrain_quality.csv``. Not a test: it trains, so it takes minutes.
+    python benchmarks/pretrain_quality.py [--presets simclr-scenes-tiny acl-scenes-tiny ...] [--threads 1]
+
+Prints a table and writes ``<runs>/pretrain_quality.csv``. Not a test: it trains, so it takes minutes (a
+finished run is reused, then ``pretrain_seconds`` is the span of its TensorBoard log and ``reused`` is 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import struct
 import sys
 import time
 from pathlib import Path
@@ -27,7 +36,11 @@ from robustssl.heads.task_model import TaskModel
 from robustssl.pretrain import presets as P
 from robustssl.runtime import make_generator, seeded_init
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from finetune import paired_standard_error  # noqa: E402  (benchmarks/finetune.py: one formula, one place)
+
 EPS_255 = (2, 4, 8)  # PGD budgets, in 1/255
+VAL_SCENES = 500  # scenes validation images (weight-decay choice)
 FIELDS = (
     "preset",
     "method",
@@ -37,60 +50,106 @@ FIELDS = (
     *(f"pgd{e}_top1" for e in EPS_255),
     "random_clean_top1",
     *(f"random_pgd{e}_top1" for e in EPS_255),
+    "margin_points",
+    "paired_se_points",
+    "clear",
+    "n_disagree",
     "pretrain_seconds",
+    "reused",
     "n_test",
+    "n_pgd",
 )
 
 
 def evaluate(
-    encoder: rs.encoders.Encoder, data: str, data_opts: dict, n_test: int, seed: int
-) -> tuple[float, list[float]]:
+    encoder: rs.encoders.Encoder, data: str, data_opts: dict, n_test: int, n_pgd: int, seed: int
+) -> tuple[torch.Tensor, list[float]]:
+    """Per-test-image clean correctness ``(n,)`` bool over the whole test set, and PGD accuracy at each of
+    ``EPS_255`` over its first ``n_pgd`` images."""
     opts = {k: v for k, v in data_opts.items() if k not in ("split", "n")}
-    sized = {"n": 500} if data.startswith("scenes") else {}
+    scenes = data.startswith("scenes")
     train = rs.data.load(
         data, split="train", **{**opts, **({"n": data_opts["n"]} if "n" in data_opts else {})}
     )
-    val = rs.data.load(data, split="val", **opts, **sized)
-    test = rs.data.load(data, split="test", **opts, **sized)
+    val = rs.data.load(data, split="val", **opts, **({"n": VAL_SCENES} if scenes else {}))
+    test = rs.data.load(data, split="test", **opts, **({"n": n_test} if scenes else {}))
     encoder = encoder.eval()
     head, _ = fit_linear_probe(encoder, train, val)
     model = TaskModel(encoder, head, "classification").eval()
     n = min(n_test, len(test))
-    batch = next(test.batches(n, indices=range(n)))
-    x, y = batch["image"], batch["label"]
+    correct = []
     with torch.no_grad():
-        clean = float((model(x).argmax(1) == y).float().mean())
+        for batch in test.batches(500, indices=range(n)):
+            correct.append(model(batch["image"]).argmax(1) == batch["label"])
+    batch = next(test.batches(min(n_pgd, n), indices=range(min(n_pgd, n))))
+    x, y = batch["image"], batch["label"]
     robust = []
     for e in EPS_255:
         result = rs.threats.attack(model, x, y, "pgd", eps=e / 255, steps=10, generator=make_generator(seed))
         with torch.no_grad():
             robust.append(float((model(result.x_adv).argmax(1) == y).float().mean()))
-    return clean, robust
+    return torch.cat(correct), robust
+
+
+def logged_seconds(run: Path) -> float | None:
+    """Wall seconds from the first to the last event of a run's TensorBoard log: how long a reused run took to
+    train (the trainer writes an event, ``wall_time`` its first field, at the start and every logged step)."""
+    times = []
+    for path in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        raw, i = path.read_bytes(), 0
+        while i + 12 <= len(raw):
+            (length,) = struct.unpack_from("<Q", raw, i)
+            event = raw[i + 12 : i + 12 + length]
+            i += 16 + length
+            if event[:1] == b"\x09":  # field 1 (wall_time), wire type 1 (64-bit double)
+                times.append(struct.unpack_from("<d", event, 1)[0])
+    return max(times) - min(times) if len(times) > 1 else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="*", default=None)
     parser.add_argument("--runs", default="runs/pretrain-quality")
-    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--n-test", type=int, default=2000, help="scenes test images (digits: all 359)")
+    parser.add_argument("--n-pgd", type=int, default=500, help="PGD on the first N test images")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--csv", default=None, help="results file (default <runs>/pretrain_quality.csv)")
+    parser.add_argument("--reuse-only", action="store_true",
+                        help="only evaluate finished runs under --runs; a preset without one is an error")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.presets or [n for n in P.list_presets() if n.endswith("-tiny")]
     rows = []
     out = Path(args.csv) if args.csv else Path(args.runs) / "pretrain_quality.csv"
+    # random-init results, one per (architecture, seed, data): presets sharing them share the baseline
+    baselines: dict[str, tuple[torch.Tensor, list[float]]] = {}
     for name in names:
         preset = P.load_preset(name)
+        run = Path(args.runs) / name
+        marker = run / "preset.json"
+        written = json.loads(marker.read_text()) if marker.exists() else {}
+        reused = written.get("digest") == preset.digest() and bool(written.get("finished"))
+        if args.reuse_only and not reused:
+            parser.error(f"--reuse-only: {run} holds no finished run of the current {name!r} preset")
         start = time.perf_counter()
-        path = P.pretrain_preset(preset, Path(args.runs) / name, device="cpu")
-        seconds = time.perf_counter() - start
+        path = P.pretrain_preset(preset, run, device="cpu")
+        seconds = logged_seconds(run) if reused else time.perf_counter() - start
         trained = rs.encoders.load(path)
-        with seeded_init(int(preset.train.get("seed", 0))):
-            random_init = rs.encoders.create(preset.encoder, **preset.encoder_options)
-        clean, robust = evaluate(trained, preset.data, preset.data_options, args.n_test, 0)
-        r_clean, r_robust = evaluate(random_init, preset.data, preset.data_options, args.n_test, 0)
+        seed = int(preset.train.get("seed", 0))
+        correct, robust = evaluate(trained, preset.data, preset.data_options, args.n_test, args.n_pgd, 0)
+        key = json.dumps([preset.encoder, preset.encoder_options, seed, preset.data, preset.data_options],
+                         sort_keys=True, default=str)
+        if key not in baselines:
+            with seeded_init(seed):
+                random_init = rs.encoders.create(preset.encoder, **preset.encoder_options)
+            baselines[key] = evaluate(
+                random_init, preset.data, preset.data_options, args.n_test, args.n_pgd, 0
+            )
+        r_correct, r_robust = baselines[key]
+        clean, r_clean = float(correct.float().mean()), float(r_correct.float().mean())
+        margin = 100 * (clean - r_clean)
+        se = paired_standard_error(correct, r_correct)
         row = dict(
             preset=name,
             method=preset.method,
@@ -100,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
             **{f"pgd{e}_top1": round(r, 4) for e, r in zip(EPS_255, robust, strict=True)},
             random_clean_top1=round(r_clean, 4),
             **{f"random_pgd{e}_top1": round(r, 4) for e, r in zip(EPS_255, r_robust, strict=True)},
-            pretrain_seconds=round(seconds, 1),
-            n_test=args.n_test,
+            margin_points=round(margin, 2),
+            paired_se_points=round(se, 2),
+            clear=int(margin > 2 * se),
+            n_disagree=int((correct != r_correct).sum()),
+            pretrain_seconds=None if seconds is None else round(seconds, 1),
+            reused=int(reused),
+            n_test=len(correct),
+            n_pgd=min(args.n_pgd, len(correct)),
         )
         rows.append(row)
         print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
@@ -111,12 +176,15 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(rows)
     pgd = "".join(f"{'pgd' + str(e):>8}" for e in EPS_255)
-    print(f"\n{'preset':<34}{'clean':>8}{pgd}{'rand clean':>12}{'rand pgd2':>10}{'secs':>8}")
+    print(f"\n{'preset':<34}{'clean':>8}{pgd}{'rand clean':>12}{'rand pgd2':>10}{'margin':>8}{'SE':>6}"
+          f"{'clear':>6}{'secs':>8}")
     for r in rows:
         robust = "".join(f"{r[f'pgd{e}_top1']:>8.3f}" for e in EPS_255)
+        secs = "?" if r["pretrain_seconds"] is None else f"{r['pretrain_seconds']:.0f}"
         print(
             f"{r['preset']:<34}{r['clean_top1']:>8.3f}{robust}{r['random_clean_top1']:>12.3f}"
-            f"{r['random_pgd2_top1']:>10.3f}{r['pretrain_seconds']:>8.0f}"
+            f"{r['random_pgd2_top1']:>10.3f}{r['margin_points']:>+8.2f}{r['paired_se_points']:>6.2f}"
+            f"{'yes' if r['clear'] else 'NO':>6}{secs:>8}"
         )
     print(f"\nwritten: {out}")
     return 0
