@@ -23,9 +23,10 @@ attack's seed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -120,6 +121,17 @@ class DenoisedModel(nn.Module):
                 raise ValueError(f"seed must be a non-negative int, got {seed!r}")
             self.seed = seed
         self._generator = None
+
+    @contextlib.contextmanager
+    def drawing_from(self, seed: int) -> Iterator[None]:
+        """Within the block, draw from a fresh stream seeded ``seed`` (every block with the same seed sees the
+        same draws: common random numbers across evaluations); the wrapper's own stream resumes after it."""
+        saved = self.seed, self._generator
+        self.reseed(seed)
+        try:
+            yield
+        finally:
+            self.seed, self._generator = saved
 
     def _own_generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:

@@ -30,6 +30,7 @@ vs clean).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -119,25 +120,17 @@ def _eval_seed(config: DefenseEvalConfig) -> int:
 
 
 def _metrics(model: nn.Module, task: str, images: torch.Tensor, targets: torch.Tensor, dataset: VisionDataset,
-             draws: int, batch_size: int, device: torch.device,
-             eval_seed: int | None = None) -> dict[str, Any]:
+             draws: int, batch_size: int, device: torch.device, eval_seed: int) -> dict[str, Any]:
     """Task metrics of ``model`` on ``images``; a randomized model is evaluated ``draws`` times, averaged
-    (``"draws"``: the per-draw values). With ``eval_seed`` a :class:`DenoisedModel` draws from a stream
-    started at ``eval_seed`` for this evaluation only (the same draws for every call: common random
-    numbers); its own stream (which attacks without EOT use) is left where it was."""
+    (``"draws"``: the per-draw values), on the stream seeded ``eval_seed`` (the same draws for every call:
+    common random numbers); its own stream (which attacks without EOT use) is left where it was."""
     held = TensorDataset(images.cpu(), name=f"{dataset.name}-eval", split=dataset.split,
                          num_classes=dataset.num_classes, depth_range=dataset.depth_range,
                          **{TARGET_KEYS[task]: targets.cpu()})
     randomized = isinstance(model, DenoisedModel)
-    saved = (model.seed, model._generator) if randomized else None
-    if randomized and eval_seed is not None:
-        model.reseed(eval_seed)
-    try:
+    with model.drawing_from(eval_seed) if randomized else contextlib.nullcontext():
         runs = [evaluate(model, held, batch_size=batch_size, device=device)
                 for _ in range(draws if randomized else 1)]
-    finally:
-        if saved is not None:
-            model.seed, model._generator = saved
     values: dict[str, Any] = {m: sum(r[m] for r in runs) / len(runs) for m in METRICS[task]}
     values["draws"] = {m: [float(r[m]) for r in runs] for m in METRICS[task]}
     return values
@@ -260,12 +253,17 @@ def evaluate_defense(undefended: nn.Module, defended: DenoisedModel, dataset: Vi
     return rows
 
 
-def headline(rows: Iterable[dict[str, Any]], model: str, threat: str) -> float | None:
-    """The headline metric's value of ``model`` under ``threat`` in ``rows`` (None if absent)."""
+def _headline_row(rows: Iterable[dict[str, Any]], model: str, threat: str) -> dict[str, Any] | None:
     for row in rows:
         if row["model"] == model and row["threat"] == threat and row["metric"] == HEADLINE[row["task"]][0]:
-            return float(row["value"])
+            return row
     return None
+
+
+def headline(rows: Iterable[dict[str, Any]], model: str, threat: str) -> float | None:
+    """The headline metric's value of ``model`` under ``threat`` in ``rows`` (None if absent)."""
+    row = _headline_row(rows, model, threat)
+    return None if row is None else float(row["value"])
 
 
 def paired_draw_difference(rows: Iterable[dict[str, Any]], model: str, threat: str,
@@ -275,14 +273,10 @@ def paired_draw_difference(rows: Iterable[dict[str, Any]], model: str, threat: s
     so draw ``k`` of one threat is paired with draw ``k`` of the other; the error is that of the evaluation
     noise (it is 0 with one draw, or with a deterministic model). None when a row is missing."""
     rows = list(rows)
-    pick = {}
-    for want in (threat, reference):
-        pick[want] = next((r for r in rows if r["model"] == model and r["threat"] == want
-                           and r["metric"] == HEADLINE[r["task"]][0]), None)
-        if pick[want] is None:
-            return None
-    a, b = pick[threat].get("draws") or [pick[threat]["value"]], pick[reference].get("draws") or [
-        pick[reference]["value"]]
+    first, second = _headline_row(rows, model, threat), _headline_row(rows, model, reference)
+    if first is None or second is None:
+        return None
+    a, b = first["draws"], second["draws"]
     if len(a) != len(b):
         raise ValueError(f"{threat} has {len(a)} evaluation draws but {reference} {len(b)}")
     diffs = [x - y for x, y in zip(a, b, strict=True)]
