@@ -91,11 +91,17 @@ def correct(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> to
 
 
 def paired_standard_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Standard error, in points, of the accuracy difference of two classifiers on the same test images
-    (McNemar: only the images they disagree on carry information):
-    100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n."""
-    n01, n10, n = int((a & ~b).sum()), int((~a & b).sum()), len(a)
-    return 100 * max(n01 + n10 - (n01 - n10) ** 2 / n, 0.0) ** 0.5 / n
+    """Standard error, in points, of the accuracy difference of two classifiers on the same test images:
+    ``100 * sqrt(sum d^2 - (sum d)^2 / n) / n`` over the per-image differences ``d = a - b``.
+
+    For per-image correctness (bool) that is McNemar's, 100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n: only
+    the images the two disagree on carry information. ``a`` and ``b`` may also be per-image scores in [0, 1],
+    e.g. correctness averaged over several training seeds (``pretrain_quality.py --seeds``)."""
+    if a.shape != b.shape or a.dim() != 1 or len(a) == 0:
+        raise ValueError(f"paired_standard_error needs two equal 1-D non-empty tensors, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    d, n = a.double() - b.double(), len(a)
+    return 100 * max(float((d * d).sum() - d.sum() ** 2 / n), 0.0) ** 0.5 / n
 
 
 def sgd_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], lrs: list[float], cached: bool,
