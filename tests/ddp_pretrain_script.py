@@ -62,8 +62,8 @@ def main(method_name: str, out: str) -> None:
     sums = distributed.gather_objects(checksum)
     if distributed.is_main():
         (__import__("pathlib").Path(out) / "params.json").write_text(json.dumps(sums))
-    distributed.shutdown()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    distributed.shutdown()  # after main's frame (and the DDP wrapper in it) is gone

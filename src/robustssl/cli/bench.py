@@ -82,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
             print((summary.report.parent / "summary.md").read_text())
             print(f"report: {summary.report}")
         print(f"results: {summary.run_dir / 'results.sqlite'}")
-    distributed.shutdown()
     return 0
 
 

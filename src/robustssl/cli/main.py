@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from robustssl import __version__
+from robustssl.runtime import distributed
 from robustssl.runtime.logging import configure
 
 # Verb modules under robustssl.cli, in the order --help lists them.
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure(-1 if args.quiet else args.verbose)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        distributed.shutdown()  # under torchrun: every rank ends the process group cleanly (no-op otherwise)
+        return code
     except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as exc:
         if args.verbose > 1:
             raise
