@@ -41,6 +41,7 @@ from torch import nn
 from robustssl import data, encoders
 from robustssl.finetune import extract_features, finetune
 from robustssl.finetune.protocols import _lr_at
+from robustssl.metrics import mean_and_standard_error, paired_standard_error
 from robustssl.runtime import make_generator, seeded_init
 
 EPOCHS, BATCH, MOMENTUM, WEIGHT_DECAY = 25, 128, 0.9, 2e-4
@@ -88,20 +89,6 @@ def correct(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> to
     head.eval()
     with torch.no_grad():
         return head(features).argmax(1) == labels
-
-
-def paired_standard_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Standard error, in points, of the accuracy difference of two classifiers on the same test images:
-    ``100 * sqrt(sum d^2 - (sum d)^2 / n) / n`` over the per-image differences ``d = a - b``.
-
-    For per-image correctness (bool) that is McNemar's, 100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n: only
-    the images the two disagree on carry information. ``a`` and ``b`` may also be per-image scores in [0, 1],
-    e.g. correctness averaged over several training seeds (``pretrain_quality.py --seeds``)."""
-    if a.shape != b.shape or a.dim() != 1 or len(a) == 0:
-        raise ValueError(f"paired_standard_error needs two equal 1-D non-empty tensors, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
-    d, n = a.double() - b.double(), len(a)
-    return 100 * max(float((d * d).sum() - d.sum() ** 2 / n), 0.0) ** 0.5 / n
 
 
 def sgd_probe(encoder: encoders.Encoder, sets: dict[str, data.VisionDataset], lrs: list[float], cached: bool,
@@ -236,9 +223,7 @@ def main() -> None:
                           f"{identical}; SLF >= 10x faster in wall time ({speed:.1f}x: "
                           f"{verdict[speed >= 10]}); "
                           f"vs one SGD run (grid / {len(lrs)}): {speed / len(lrs):.1f}x")
-            mean = sum(deltas) / len(deltas)
-            spread = (sum((d - mean) ** 2 for d in deltas) / max(len(deltas) - 1, 1)) ** 0.5
-            se_mean = spread / len(deltas) ** 0.5
+            mean, se_mean = mean_and_standard_error(deltas)
             se_paired = sum(se ** 2 for se in paired) ** 0.5 / len(paired)
             print(f"{setting} {enc_name}: SLF - SGD per draw " + ", ".join(f"{d:+.2f}" for d in deltas)
                   + f"; mean {mean:+.2f} points, s.e. across draws {se_mean:.2f}, pooled paired s.e. "

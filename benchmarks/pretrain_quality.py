@@ -40,11 +40,9 @@ import torch
 import robustssl as rs
 from robustssl.finetune.heads import fit_linear_probe
 from robustssl.heads.task_model import TaskModel
+from robustssl.metrics import paired_standard_error
 from robustssl.pretrain import presets as P
 from robustssl.runtime import make_generator, seeded_init
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune import paired_standard_error  # noqa: E402  (benchmarks/finetune.py: one formula, one place)
 
 EPS_255 = (2, 4, 8)  # PGD budgets, in 1/255
 VAL_SCENES = 500  # scenes validation images (weight-decay choice)

@@ -1,16 +1,13 @@
-"""The paired standard error the benchmarks judge margins by (``benchmarks/finetune.py``)."""
+"""The paired standard error the benchmarks judge margins by (``robustssl.metrics.paired_standard_error``)."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from finetune import paired_standard_error  # noqa: E402
+from robustssl.metrics import paired_standard_error
 
 
 def test_correctness_gives_mcnemar_by_hand():

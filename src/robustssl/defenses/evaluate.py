@@ -45,6 +45,7 @@ from torch import nn
 from robustssl.data.base import TensorDataset, VisionDataset
 from robustssl.defenses.de3 import TARGET_KEYS, DenoisedModel
 from robustssl.finetune.heads import evaluate
+from robustssl.metrics.intervals import mean_and_standard_error
 from robustssl.pretrain.masked_image import MaskedImageModel
 from robustssl.runtime.device import resolve_device
 from robustssl.runtime.logging import get_logger
@@ -279,12 +280,7 @@ def paired_draw_difference(rows: Iterable[dict[str, Any]], model: str, threat: s
     a, b = first["draws"], second["draws"]
     if len(a) != len(b):
         raise ValueError(f"{threat} has {len(a)} evaluation draws but {reference} {len(b)}")
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return mean, 0.0
-    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return mean, math.sqrt(var / len(diffs))
+    return mean_and_standard_error([x - y for x, y in zip(a, b, strict=True)])
 
 
 def tradeoff_curve(denoiser: MaskedImageModel, task_model: nn.Module, dataset: VisionDataset,

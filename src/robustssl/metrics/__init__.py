@@ -20,7 +20,12 @@ from robustssl.metrics.corruption import (
 )
 from robustssl.metrics.depth import DepthMeter, depth_errors
 from robustssl.metrics.drift import embedding_drift
-from robustssl.metrics.intervals import accuracy_interval, wilson_interval
+from robustssl.metrics.intervals import (
+    accuracy_interval,
+    mean_and_standard_error,
+    paired_standard_error,
+    wilson_interval,
+)
 from robustssl.metrics.segmentation import (
     SegmentationMeter,
     confusion_matrix,
@@ -33,7 +38,8 @@ __all__ = [
     "ALEXNET_IMAGENET_CLEAN_ERROR", "ALEXNET_IMAGENET_C_ERRORS", "AccuracyMeter", "CalibrationMeter",
     "DepthMeter", "SegmentationMeter", "accuracy", "accuracy_interval", "confusion_matrix",
     "corruption_errors", "depth_errors", "embedding_drift", "errors_from_accuracies",
-    "expected_calibration_error", "mean_corruption_error", "mean_error", "mean_iou",
-    "mean_relative_degradation", "per_class_iou", "relative_corruption_errors", "relative_degradation",
-    "relative_mean_corruption_error", "segmentation_scores", "topk_correct", "wilson_interval",
+    "expected_calibration_error", "mean_and_standard_error", "mean_corruption_error", "mean_error",
+    "mean_iou", "mean_relative_degradation", "paired_standard_error", "per_class_iou",
+    "relative_corruption_errors", "relative_degradation", "relative_mean_corruption_error",
+    "segmentation_scores", "topk_correct", "wilson_interval",
 ]

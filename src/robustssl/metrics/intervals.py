@@ -1,9 +1,13 @@
-"""Confidence intervals for a proportion (accuracy, attack success rate) measured on ``n`` samples."""
+"""Uncertainty of measured figures: confidence intervals for a proportion (accuracy, attack success rate)
+measured on ``n`` samples, the standard error of a mean over repeats, and the paired standard error of an
+accuracy difference between two models scored on the same test images."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import torch
 from scipy.stats import norm
 
 
@@ -32,3 +36,30 @@ def accuracy_interval(accuracy: float, n: int, confidence: float = 0.95) -> tupl
     if not 0 <= accuracy <= 1:
         raise ValueError(f"accuracy must lie in [0, 1], got {accuracy!r}")
     return wilson_interval(accuracy * n, n, confidence)
+
+
+def mean_and_standard_error(values: Sequence[float]) -> tuple[float, float]:
+    """``(mean, standard error of the mean)`` of repeated measurements (sample standard deviation over
+    ``sqrt(n)``); the error is 0 for a single value."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_and_standard_error needs at least one value")
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def paired_standard_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Standard error, in points, of the accuracy difference of two classifiers on the same test images:
+    ``100 * sqrt(sum d^2 - (sum d)^2 / n) / n`` over the per-image differences ``d = a - b``.
+
+    For per-image correctness (bool) that is McNemar's, 100 * sqrt(n01 + n10 - (n01 - n10)^2 / n) / n: only
+    the images the two disagree on carry information. ``a`` and ``b`` may also be per-image scores in [0, 1],
+    e.g. correctness averaged over several training seeds."""
+    if a.shape != b.shape or a.dim() != 1 or len(a) == 0:
+        raise ValueError(f"paired_standard_error needs two equal 1-D non-empty tensors, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    d, n = a.double() - b.double(), len(a)
+    return 100 * max(float((d * d).sum() - d.sum() ** 2 / n), 0.0) ** 0.5 / n
