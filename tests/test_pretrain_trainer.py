@@ -17,7 +17,7 @@ from robustssl.pretrain import METHODS, TrainConfig, train
 from robustssl.pretrain import presets as presets_mod
 from robustssl.pretrain.monitor import Monitor, knn_predict
 from robustssl.pretrain.optim import LARS, build_optimizer
-from robustssl.pretrain.trainer import STATE_FILE
+from robustssl.pretrain.trainer import STATE_FILE, precise_batch_norm
 from robustssl.registry import UnknownNameError
 from robustssl.runtime import seeded_init
 from robustssl.runtime.tensorboard import crc32c
@@ -194,6 +194,83 @@ def test_a_crash_while_writing_the_state_keeps_the_previous_one(scenes_small, tm
         train(_method(), scenes_small, _config(steps=4, checkpoint_every=2), out_dir=tmp_path)
     assert (tmp_path / STATE_FILE).read_bytes() == good
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+
+
+# --- precise batch norm ---------------------------------------------------------------------------------
+
+
+def _bn_stats(encoder):
+    return {k: v.clone() for k, v in encoder.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def test_precise_bn_first_layer_matches_the_hand_computed_statistics(scenes_small):
+    """The first BN layer's input (normalize + conv of the image) does not depend on any BN statistics, so
+    its recomputed running mean and variance must be the per-channel mean and unbiased variance of that
+    input over the images used (one batch of all 64 here)."""
+    encoder = _method().encoder
+    first = encoder.blocks[0]
+    seen = []
+    handle = first.bn.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    weights = {k: v.clone() for k, v in encoder.state_dict().items() if "running_" not in k}
+    momentum = first.bn.momentum
+    encoder.eval()
+    used = precise_batch_norm(encoder, scenes_small, 1000, 64, seed=0, device=torch.device("cpu"))
+    handle.remove()
+    assert used == 64 and len(seen) == 1
+    x = seen[0].transpose(0, 1).reshape(first.bn.num_features, -1)
+    torch.testing.assert_close(first.bn.running_mean, x.mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.bn.running_var, x.var(1, unbiased=True), rtol=1e-5, atol=1e-6)
+    # weights, momentum and mode restored
+    after = encoder.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in weights.items() if "num_batches" not in k)
+    assert first.bn.momentum == momentum and not encoder.training
+
+
+def test_precise_bn_is_idempotent_and_replaces_the_training_statistics(scenes_small):
+    encoder = _method().encoder
+    train_stats = _bn_stats(encoder)
+    precise_batch_norm(encoder, scenes_small, 48, 16, seed=1, device=torch.device("cpu"))
+    once = _bn_stats(encoder)
+    assert any(not torch.equal(once[k], train_stats[k]) for k in once if "running_mean" in k)
+    precise_batch_norm(encoder, scenes_small, 48, 16, seed=1, device=torch.device("cpu"))
+    twice = _bn_stats(encoder)
+    assert all(torch.equal(once[k], twice[k]) for k in once)
+
+
+def test_training_with_precise_bn_equals_recomputing_after_training(scenes_small, tmp_path):
+    """The option only touches the statistics at the end: the weights equal a run without it, the saved
+    checkpoint carries the recomputed statistics, and resuming the finished run changes nothing."""
+    plain, precise = _method(), _method()
+    train(plain, scenes_small, _config())
+    summary = train(precise, scenes_small, _config(precise_bn_images=64), out_dir=tmp_path)
+    assert summary["precise_bn_images"] == 64
+    p, q = plain.encoder.state_dict(), precise.encoder.state_dict()
+    assert all(torch.equal(p[k], q[k]) for k in p if "running_" not in k and "num_batches" not in k)
+    assert any(not torch.equal(p[k], q[k]) for k in p if "running_mean" in k)
+    precise_batch_norm(plain.encoder, scenes_small, 64, 16, seed=3, device=torch.device("cpu"))
+    reference = _bn_stats(plain.encoder)
+    saved = rs.encoders.load(tmp_path / "encoder.safetensors")
+    assert all(torch.equal(reference[k], v) for k, v in _bn_stats(saved).items() if "running_" in k)
+    resumed = _method()
+    train(resumed, scenes_small, _config(precise_bn_images=64), out_dir=tmp_path, resume=True)
+    assert all(torch.equal(reference[k], v) for k, v in _bn_stats(resumed.encoder).items() if "running_" in k)
+
+
+def test_precise_bn_bad_settings_are_clear_errors(scenes_small):
+    with pytest.raises(ValueError, match="precise_bn_images must be >= 0"):
+        _config(precise_bn_images=-1)
+    with seeded_init(0):
+        encoder = rs.encoders.create("convnet_small", widths=(8, 16, 16, 32), dual_bn=True)
+    acl = METHODS.create("acl", encoder=encoder, proj_hidden_dim=32, proj_dim=16, views="tiny")
+    before = _weights(acl)
+    with pytest.raises(ValueError, match="adversarial branch"):
+        train(acl, scenes_small, _config(precise_bn_images=64))
+    after = acl.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # refused before any step
+    vit = rs.encoders.create("vit_tiny", img_size=32, patch_size=8, depth=1)
+    rotation = METHODS.create("rotation", encoder=vit)
+    with pytest.raises(ValueError, match="no batch-norm layers"):
+        train(rotation, scenes_small, _config(precise_bn_images=64))
 
 
 # --- presets --------------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@
   methods without random views; with random views it equals it in distribution.
 - TensorBoard scalars (loss, lr, the method's logs, the monitor) under ``out_dir/tensorboard``.
 - An online linear probe and a k-NN monitor (``pretrain/monitor.py``) on held-out labels.
+- ``precise_bn_images > 0``: after the last step the encoder's batch-norm running statistics are recomputed
+  as a plain average over that many whole, clean training images ("precise BN", Wu & Johnson, "Rethinking
+  'Batch' in BatchNorm", 2021). The statistics gathered during training are an exponential average over
+  whatever the method fed the encoder (patches, rotated or adversarial views) under weights that kept
+  changing; a downstream probe embeds whole clean images with the final weights.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class TrainConfig:
     monitor_every: int = 0
     tensorboard: bool = True
     find_unused_parameters: bool = False
+    precise_bn_images: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,7 +87,7 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.epochs is None:
             self._check_warmup(self.steps)
-        for name in ("checkpoint_every", "monitor_every", "log_every"):
+        for name in ("checkpoint_every", "monitor_every", "log_every", "precise_bn_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
 
@@ -137,6 +143,53 @@ def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tenso
 
 
 STATE_FILE = "train_state.safetensors"
+
+
+def _batch_norms(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def precise_batch_norm(
+    encoder: torch.nn.Module,
+    dataset: VisionDataset,
+    images: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> int:
+    """Reset the running statistics of every batch-norm layer of ``encoder`` and recompute them as the plain
+    average (``momentum=None``) over ``images`` whole, clean training images (a seeded draw, the same on every
+    rank, so ranks stay identical without communication). Only the layers the encoder's forward pass uses
+    are updated (for dual-BN encoders, the clean branch). Weights are untouched; each layer's momentum and
+    the encoder's train/eval mode are restored. Returns the number of images used (at most ``len(dataset)``).
+    Idempotent: the result does not depend on the statistics it replaces."""
+    layers = _batch_norms(encoder)
+    if not layers:
+        raise ValueError(
+            f"precise_bn_images > 0 but {type(encoder).__name__} has no batch-norm layers; "
+            "set train.precise_bn_images=0"
+        )
+    count = min(images, len(dataset))
+    order = torch.randperm(len(dataset), generator=make_generator(seed * 100_003 + 99_991))[:count]
+    was_training = encoder.training
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    encoder.train()
+    try:
+        for start in range(0, count, batch_size):
+            indices = order[start : start + batch_size]
+            batch = next(dataset.batches(len(indices), indices=indices))
+            with autocast(device, precision):
+                encoder.embed(batch["image"].to(device))
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        encoder.train(was_training)
+    return count
 
 
 class _Run:
@@ -233,6 +286,18 @@ def train(
     if config.monitor_every and monitor_dataset is None:
         raise ValueError("monitor_every > 0 needs a labelled held-out monitor_dataset")
     steps = config.total_steps(len(dataset))
+    if config.precise_bn_images:
+        if method.eval_bn_branch == "adv":
+            raise ValueError(
+                "precise_bn_images recomputes batch-norm statistics on clean images, but "
+                f"{method_name or type(method).__name__} exports the adversarial branch; set "
+                "train.precise_bn_images=0"
+            )
+        if not _batch_norms(method.encoder):
+            raise ValueError(
+                f"precise_bn_images > 0 but {type(method.encoder).__name__} has no batch-norm layers; "
+                "set train.precise_bn_images=0"
+            )
     device = resolve_device(config.device)
     distributed.init(device)
     device = distributed.local_device(device)
@@ -321,7 +386,6 @@ def train(
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - start
-    method.eval()
     summary: dict[str, Any] = {
         "steps": steps,
         "resumed_at": first,
@@ -329,6 +393,17 @@ def train(
         **last_logs,
         **monitored,
     }
+    if config.precise_bn_images:
+        summary["precise_bn_images"] = precise_batch_norm(
+            method.encoder,
+            dataset,
+            config.precise_bn_images,
+            config.batch_size,
+            config.seed,
+            device,
+            config.precision,
+        )
+    method.eval()
     if out is not None:
         run.save(out / STATE_FILE, steps)
         if main:
