@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import robustssl as rs
 from robustssl.registry import Registry, UnknownNameError
 from robustssl.runtime import (
     autocast,
@@ -61,6 +62,34 @@ def test_unknown_name_lists_valid_names_and_suggests_close_ones():
     assert isinstance(info.value, ValueError) and info.value.valid == reg.names()
     with pytest.raises(UnknownNameError, match="Valid widget names"):
         reg.meta("zzz")
+
+
+def test_unknown_options_are_named_with_the_accepted_ones():
+    reg = _registry()
+    expected = r"widget 'gaussian_noise' has no option\(s\) 'sigma'; accepted: scale"
+    with pytest.raises(ValueError, match=expected):
+        reg.create("gaussian_noise", sigma=2.0)
+
+    @reg.register("forwarding")
+    def forwarding(**kwargs):
+        """Options: ``scale``."""
+        return gaussian_inner(**kwargs)
+
+    def gaussian_inner(scale=1.0):
+        return scale
+
+    assert reg.create("forwarding", scale=3.0) == 3.0
+    with pytest.raises(ValueError, match=r"widget 'forwarding' has no option 'sigma'; Options: ``scale``"):
+        reg.create("forwarding", sigma=2.0)
+
+    @reg.register("broken")
+    def broken(scale=1.0):
+        return len(scale)  # a TypeError of the factory's own is not reworded
+
+    with pytest.raises(TypeError, match="has no len"):
+        reg.create("broken")
+    with pytest.raises(ValueError, match="encoder 'vit_tiny' has no option 'image_size'.*img_size"):
+        rs.encoders.create("vit_tiny", image_size=32)
 
 
 def test_registering_a_name_twice_is_an_error_but_re_registering_the_same_factory_is_not():

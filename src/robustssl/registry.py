@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -53,7 +55,27 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def create(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+        """``factory(**kwargs)``; an option the factory does not take is a ``ValueError`` that names it and
+        lists the accepted ones (or, for factories that forward ``**kwargs``, points at their docstring)."""
+        factory = self.get(name)
+        accepted = _keyword_options(factory)
+        if accepted is not None:
+            unknown = sorted(set(kwargs) - set(accepted))
+            if unknown:
+                raise ValueError(
+                    f"{self.kind} {name!r} has no option(s) {', '.join(map(repr, unknown))}; "
+                    f"accepted: {', '.join(accepted) or '(none)'}"
+                )
+        try:
+            return factory(**kwargs)
+        except TypeError as exc:
+            found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if found is None or found.group(1) not in kwargs:
+                raise
+            doc = (inspect.getdoc(factory) or "").strip().replace("\n", " ")
+            raise ValueError(
+                f"{self.kind} {name!r} has no option {found.group(1)!r}" + (f"; {doc}" if doc else "")
+            ) from exc
 
     def meta(self, name: str) -> dict[str, Any]:
         self.get(name)
@@ -70,3 +92,14 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _keyword_options(factory: Callable[..., Any]) -> list[str] | None:
+    """The keyword names ``factory`` accepts, or None when it takes ``**kwargs`` (or has no signature)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

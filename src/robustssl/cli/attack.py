@@ -94,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from robustssl.registry import UnknownNameError
     from robustssl.threats.attacks.base import build_attack
 
     kwargs = key_values(args.attack_arg, "--attack-arg")
@@ -103,8 +104,10 @@ def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["steps"] = args.steps
     try:
         build_attack(args.attack, **kwargs)  # fail before any work on arguments the attack does not take
-    except TypeError as exc:
-        hint = " (it takes no --steps)" if "steps" in kwargs and "steps" in str(exc) else ""
+    except UnknownNameError:
+        raise
+    except (TypeError, ValueError) as exc:
+        hint = " (it takes no --steps)" if "steps" in kwargs and "'steps'" in str(exc) else ""
         raise ValueError(f"attack {args.attack!r}{hint}: {exc}") from exc
     return kwargs
 
