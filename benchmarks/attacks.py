@@ -2,17 +2,21 @@
 
 1. PGD-k against a bare loop of k forward+backward passes on the same model and batch (bar: <= 1.05x).
 2. PGD, APGD and the AutoAttack-standard cascade against torchattacks 3.5.1 with the same budgets
-   (bar: no slower; AutoAttack: >= 2x faster at equal robust accuracy, +-0.5 points).
+   (bar: no slower; AutoAttack: >= 2x faster at equal robust accuracy, +-0.5 points). PGD and APGD run the
+   attack classes on the model as given; AutoAttack runs through ``robustssl.threats.attack``, which folds
+   eval-mode batch norm into the convolutions for the attack's passes (``fold_bn``; ``threats/fusion.py``),
+   with rows for folding on against off and for the folded PGD against the bare loop.
 3. bf16 autocast: AutoAttack ours against torchattacks' cascade, both under autocast; ours bf16 against
    ours fp32 for PGD and AutoAttack (speed and robust accuracy).
 4. Per stage of AutoAttack-standard (APGD-CE, APGD-T, FAB-T, Square), ours and torchattacks' each running
    its own cascade stage by stage: points attacked and broken, seconds, model passes (forward and backward,
    in images, counted by a wrapper around the model that both sides call).
 
-Model: a CIFAR-style ResNet-18 (BasicBlocks [2, 2, 2, 2], base width ``--width``) with batch-norm statistics
-calibrated and its last layer fitted on synthetic 32x32 ten-class data (smooth class templates plus noise);
-labels are the true classes. Ours and the baseline run alternately ``--repeats`` times; the table shows the
-median seconds of each and the median of the per-pair ratios ``ours/base`` (speed-up = its inverse).
+Model: robustssl's ``resnet18_cifar`` (BasicBlocks [2, 2, 2, 2], base ``width=--width``) and a linear head
+in a ``TaskModel``, with batch-norm statistics calibrated and its last layer fitted on synthetic 32x32
+ten-class data (smooth class templates plus noise); labels are the true classes. Ours and the baseline run
+alternately ``--repeats`` times; the table shows the median seconds of each and the median of the per-pair
+ratios ``ours/base`` (speed-up = its inverse).
 
     python benchmarks/attacks.py                  # ~5 minutes on 2 idle CPU cores
     python benchmarks/attacks.py --quick          # a smoke run (~1 minute)
@@ -30,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import robustssl as rs
+from robustssl.heads.classifier import LinearClassifier
+from robustssl.heads.task_model import TaskModel
 from robustssl.runtime.precision import autocast
 from robustssl.runtime.seeding import make_generator
 from robustssl.threats import OBJECTIVES, ThreatModel
@@ -38,39 +45,10 @@ from robustssl.threats.attacks.autoattack import AutoAttack
 from robustssl.threats.attacks.pgd import PGD
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
-
-
-class ResNet18(nn.Module):
-    """CIFAR ResNet-18 layout (3x3 stem, no max-pool), base width ``width`` (64 in the original)."""
-
-    def __init__(self, width: int = 16, n_classes: int = 10):
-        super().__init__()
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        layers, cin = [], width
-        for i, w in enumerate(widths):
-            for j in range(2):
-                layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
-                cin = w
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+def build_model(width: int) -> TaskModel:
+    """robustssl's CIFAR ResNet-18 at base width ``width`` (64 in the original) with a linear head."""
+    encoder = rs.encoders.create("resnet18_cifar", width=width)
+    return TaskModel(encoder, LinearClassifier(encoder.embed_dim, 10), "classification")
 
 
 def synthetic(n: int, g: torch.Generator, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +59,7 @@ def synthetic(n: int, g: torch.Generator, noise: float = 0.1) -> tuple[torch.Ten
     return x, y
 
 
-def fit(model: ResNet18, x: torch.Tensor, y: torch.Tensor) -> ResNet18:
+def fit(model: TaskModel, x: torch.Tensor, y: torch.Tensor) -> TaskModel:
     """Calibrate batch-norm statistics on ``x``, then fit the last layer (a linear probe on the random
     features): seconds on a CPU, and the classifier has realistic margins (full training takes minutes)."""
     for m in model.modules():
@@ -93,8 +71,7 @@ def fit(model: ResNet18, x: torch.Tensor, y: torch.Tensor) -> ResNet18:
             model(x[i:i + 256])
     model.eval()
     with torch.no_grad():
-        raw = torch.cat([F.adaptive_avg_pool2d(model.layers(model.stem(x[i:i + 256])), 1).flatten(1)
-                         for i in range(0, len(x), 256)])
+        raw = torch.cat([model.encoder.embed(x[i:i + 256]) for i in range(0, len(x), 256)])
     mean, std = raw.mean(0), raw.std(0) + 1e-6
     probe = nn.Linear(raw.shape[1], 10)
     opt = torch.optim.Adam(probe.parameters(), 1e-2)
@@ -104,8 +81,8 @@ def fit(model: ResNet18, x: torch.Tensor, y: torch.Tensor) -> ResNet18:
         loss.backward()
         opt.step()
     with torch.no_grad():  # fold the feature standardization into the model's last layer
-        model.fc.weight.copy_(probe.weight / std)
-        model.fc.bias.copy_(probe.bias - (probe.weight * mean / std).sum(1))
+        model.head.linear.weight.copy_(probe.weight / std)
+        model.head.linear.bias.copy_(probe.bias - (probe.weight * mean / std).sum(1))
     return model
 
 
@@ -224,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # a script, not library code: fixes the model's initial weights
     g = torch.Generator().manual_seed(0)
-    model = ResNet18(args.width)
+    model = build_model(args.width)
     x_train, y_train = synthetic(1024, g)
     seconds, _ = timed(lambda: fit(model, x_train, y_train))
     x, y = synthetic(args.batch, g)
@@ -249,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     def bare_loop() -> torch.Tensor:
         delta = torch.zeros_like(x)
         for _ in range(k):
-            xg = (x + delta).requires_grad_(True)
+            xg = (x + delta).clamp(0, 1).requires_grad_(True)
             loss = F.cross_entropy(model(xg), y)
             grad, = torch.autograd.grad(loss, xg)
             delta = (delta + args.eps / 4 * grad.sign()).clamp(-args.eps, args.eps)
@@ -274,33 +251,43 @@ def main(argv: list[str] | None = None) -> int:
     row(f"APGD-CE-{k} vs torchattacks.APGD", ours, base, ratio,
                  f"robust {robust(a)} vs {robust(b)}")
 
-    # 3. AutoAttack-standard against torchattacks' cascade with the same budgets.
+    # 3. AutoAttack-standard against torchattacks' cascade with the same budgets. Ours runs as a user runs
+    # it, through robustssl.threats.attack: batch norm folded for the attack's passes (fold_bn, the default;
+    # the fold itself is inside the timing), the clean and final verdicts on the model as given.
     aa = AutoAttack(steps=k, n_queries=args.queries, n_classes=10)
     ta_aa = MultiAttack(torchattacks_stages(model, args.eps, k, args.queries))
-    ours, base, ratio, a, b = side_by_side(lambda: aa.attack(model, x, y, None, threat, make_generator(0)),
-                                    lambda: ta_aa(x, y), args.repeats)
+
+    def autoattack(fold_bn: bool = True, precision: str = "fp32") -> torch.Tensor:
+        result = rs.threats.attack(model, x, y, aa, eps=args.eps, generator=make_generator(0),
+                                   fold_bn=fold_bn, precision=precision)
+        return result.x_adv
+
+    ours, base, ratio, a, b = side_by_side(autoattack, lambda: ta_aa(x, y), args.repeats)
     fp32_report = aa.last_report
     row("AutoAttack-standard vs torchattacks", ours, base, ratio,
                  f"robust {robust(a)} vs {robust(b)}; bar >= 2x")
+    ours, base, ratio, a, b = side_by_side(autoattack, lambda: autoattack(fold_bn=False), args.repeats)
+    row("AutoAttack-standard fold_bn on vs off (ours)", ours, base, ratio,
+        f"robust {robust(a)} vs {robust(b)}")
+    ours, base, ratio, a, b = side_by_side(
+        lambda: rs.threats.attack(model, x, y, pgd_fixed, eps=args.eps).x_adv, bare_loop, args.repeats)
+    row(f"PGD-{k} via the API (folded) vs bare loop", ours, base, ratio, "the bare loop is unfolded")
 
     # 4. bf16 autocast: ours against torchattacks (both under autocast), then against ours in fp32.
     bf16 = Bf16(model)
-    aa16 = AutoAttack(steps=k, n_queries=args.queries, n_classes=10)
     ta_aa16 = MultiAttack(torchattacks_stages(bf16, args.eps, k, args.queries))
-    ours, base, ratio, a, b = side_by_side(lambda: aa16.attack(bf16, x, y, None, threat, make_generator(0)),
-                                           lambda: ta_aa16(x, y), args.repeats)
+    ours, base, ratio, a, b = side_by_side(lambda: autoattack(precision="bf16"), lambda: ta_aa16(x, y),
+                                           args.repeats)
     row("AutoAttack-standard bf16 vs torchattacks bf16", ours, base, ratio,
         f"robust {robust(a)} vs {robust(b)} (judged in fp32)")
-    ours, base, ratio, a, b = side_by_side(
-        lambda: aa16.attack(bf16, x, y, None, threat, make_generator(0)),
-        lambda: aa.attack(model, x, y, None, threat, make_generator(0)), args.repeats)
+    ours, base, ratio, a, b = side_by_side(lambda: autoattack(precision="bf16"), autoattack, args.repeats)
     row("AutoAttack-standard bf16 vs fp32", ours, base, ratio,
                  f"robust {robust(a)} vs {robust(b)} (judged in fp32)")
     ours, base, ratio, _, _ = side_by_side(lambda: pgd_fixed.attack(bf16, x, y, ce, threat),
                                     lambda: pgd_fixed.attack(model, x, y, ce, threat), args.repeats)
     row(f"PGD-{k} bf16 vs fp32", ours, base, ratio)
 
-    print("\nAutoAttack-standard (fp32) per stage, last run:")
+    print("\nAutoAttack-standard (fp32, folded) per stage, last run:")
     print(fp32_report.table())
 
     # 5. Per stage, ours and torchattacks' cascades run stage by stage (medians over the repeats).
@@ -315,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         runs["torchattacks"].append(staged_cascade(counted, x, y, lambda i, xs, ys: theirs_stages[i](xs, ys)))
     if model.training:
         raise RuntimeError("the model left eval mode during the benchmark; its figures are not comparable")
-    print(f"\nPer stage, each cascade run stage by stage (median seconds of {args.repeats}; "
-          "passes in images):")
+    print("\nPer stage, each cascade run stage by stage, attack classes on the unfolded model "
+          f"(median seconds of {args.repeats}; passes in images):")
     print(f"{'stage':<8} {'side':<13} {'attacked':>8} {'broken':>6} {'seconds':>8} {'fwd':>7} {'bwd':>7}")
     for i, stage in enumerate(STAGES):
         for side, results in runs.items():

@@ -205,6 +205,12 @@ def test_resnet_parameter_counts_match_the_standard_architectures():
     count = lambda e: sum(p.numel() for p in e.parameters())  # noqa: E731
     assert count(build("resnet18_cifar", {})) == 11_168_832
     assert count(build("resnet50_cifar", {})) == 25_557_032 - 2_049_000 - 9_408 + 1_728
+    # width w: 3x3 convs after the stem hold 2724 w^2 weights, the stem 27 w, batch norm 2 x 75 w (the 64-wide
+    # count above is 2724 * 64^2 + 177 * 64)
+    assert count(build("resnet18_cifar", {"width": 16})) == 2724 * 16**2 + 177 * 16
+    assert create("resnet18_cifar", width=16).embed_dim == 128
+    with pytest.raises(ValueError, match="width"):
+        create("resnet18_cifar", width=0)
 
 
 def test_zero_init_residual_makes_blocks_identity():

@@ -19,6 +19,10 @@ from torch import nn
 
 from robustssl.runtime.validation import check_image
 
+# torch.fx records the input check as one opaque call (it branches on the data), so an encoder traces whole
+# and the check still runs in the traced graph (robustssl.threats.fusion folds batch norm that way).
+torch.fx.wrap("check_image")
+
 # Per-channel statistics used by the built-in encoders (None = identity).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -73,25 +73,30 @@ def _shortcut(in_planes: int, out_planes: int, stride: int, dual_bn: bool) -> nn
 
 
 class CifarResNet(Encoder):
-    """ResNet with a CIFAR stem. ``embed``: global average of the last stage, ``(B, 512 * expansion)``;
-    ``dense``: the last stage, ``(B, 512 * expansion, H / 8, W / 8)``.
+    """ResNet with a CIFAR stem. ``embed``: global average of the last stage, ``(B, 8 * width * expansion)``
+    (512 · expansion at the original ``width`` 64); ``dense``: the last stage, ``(B, 8 * width * expansion,
+    H / 8, W / 8)``. ``width`` scales every stage (16 makes a CPU-sized ResNet-18 for tests and benchmarks).
     """
 
     stride = 8
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], *,
-                 dual_bn: bool = False, zero_init_residual: bool = False,
+                 dual_bn: bool = False, zero_init_residual: bool = False, width: int = 64,
                  mean: Sequence[float] | None = CIFAR10_MEAN, std: Sequence[float] | None = CIFAR10_STD):
         super().__init__(mean, std)
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must be 4 positive block counts, got {tuple(layers)}")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"width (the first stage's channels; 64 in the original) must be an int >= 1, "
+                             f"got {width!r}")
         self.dual_bn = dual_bn
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = batch_norm(64, dual_bn)
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = batch_norm(width, dual_bn)
         self.relu = nn.ReLU(inplace=True)
-        in_planes = 64
+        in_planes = width
         stages = []
-        for i, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        stage_widths = (width, 2 * width, 4 * width, 8 * width)
+        for i, (planes, n_blocks) in enumerate(zip(stage_widths, layers, strict=True)):
             blocks = []
             for j in range(int(n_blocks)):
                 blocks.append(block(in_planes, planes, 2 if (i > 0 and j == 0) else 1, dual_bn))
@@ -128,11 +133,13 @@ class CifarResNet(Encoder):
 
 @register("resnet18_cifar", description="ResNet-18, CIFAR stem (3x3 conv, no max-pool), 512-d, stride 8")
 def resnet18_cifar(**kwargs: Any) -> CifarResNet:
-    """Options: ``dual_bn``, ``zero_init_residual``, ``mean``/``std`` (None = no normalization)."""
+    """Options: ``dual_bn``, ``zero_init_residual``, ``width`` (64), ``mean``/``std`` (None = no
+    normalization)."""
     return CifarResNet(BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
 @register("resnet50_cifar", description="ResNet-50, CIFAR stem (3x3 conv, no max-pool), 2048-d, stride 8")
 def resnet50_cifar(**kwargs: Any) -> CifarResNet:
-    """Options: ``dual_bn``, ``zero_init_residual``, ``mean``/``std`` (None = no normalization)."""
+    """Options: ``dual_bn``, ``zero_init_residual``, ``width`` (64), ``mean``/``std`` (None = no
+    normalization)."""
     return CifarResNet(Bottleneck, (3, 4, 6, 3), **kwargs)

@@ -12,6 +12,15 @@ def _check_dims(**dims: int) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def check_embeddings(z: torch.Tensor, in_dim: int) -> None:
+    """Raise unless ``z`` is ``(B, in_dim)``."""
+    if z.dim() != 2 or z.shape[1] != in_dim:
+        raise ValueError(f"LinearClassifier expects embeddings of shape (B, {in_dim}), got {tuple(z.shape)}")
+
+
+torch.fx.wrap("check_embeddings")  # an opaque call for torch.fx (robustssl.threats.fusion traces TaskModels)
+
+
 class LinearClassifier(nn.Module):
     """One affine layer on a frozen embedding (the standard linear probe).
 
@@ -25,9 +34,7 @@ class LinearClassifier(nn.Module):
         self.linear = nn.Linear(in_dim, num_classes)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() != 2 or z.shape[1] != self.in_dim:
-            raise ValueError(f"LinearClassifier expects embeddings of shape (B, {self.in_dim}), "
-                             f"got {tuple(z.shape)}")
+        check_embeddings(z, self.in_dim)
         return self.linear(z)
 
     def extra_repr(self) -> str:

@@ -22,11 +22,15 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustssl.heads.classifier import _check_dims
-from robustssl.heads.segmentation import check_features, check_size
+from robustssl.heads.segmentation import check_features, check_size, resize_to
+
+# opaque calls for torch.fx (see heads/segmentation.py)
+torch.fx.wrap("check_features")
+torch.fx.wrap("check_size")
+torch.fx.wrap("resize_to")
 
 DEPTH_MODES = ("bins", "regression")
 BIN_SPACINGS = ("linear", "log")
@@ -78,9 +82,7 @@ class DepthHead(nn.Module):
             depth = torch.einsum("bkhw,k->bhw", weights, self.bins.to(weights.dtype)).unsqueeze(1)
         else:
             depth = self.min_depth + (self.max_depth - self.min_depth) * torch.sigmoid(scores)
-        if depth.shape[-2:] == out_size:
-            return depth
-        return F.interpolate(depth, size=out_size, mode="bilinear", align_corners=False)
+        return resize_to(depth, out_size)
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, mode={self.mode!r}, n_bins={self.n_bins}, "

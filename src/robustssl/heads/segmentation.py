@@ -22,6 +22,20 @@ def check_features(features: torch.Tensor, in_dim: int, where: str) -> None:
                          f"got {tuple(features.shape)}")
 
 
+def resize_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``maps`` (B, C, h, w) bilinearly resized to ``size`` (returned as is when it already has that size)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+# torch.fx records these as opaque calls (they branch on shapes), so a TaskModel traces whole
+# (robustssl.threats.fusion) and its traced graph still checks and resizes.
+torch.fx.wrap("check_features")
+torch.fx.wrap("check_size")
+torch.fx.wrap("resize_to")
+
+
 def check_size(size: Sequence[int] | None, features: torch.Tensor, where: str) -> tuple[int, int]:
     """``size`` as a ``(H, W)`` tuple of positive ints (``None`` keeps the feature map's size)."""
     if size is None:
@@ -46,10 +60,7 @@ class SegmentationHead(nn.Module):
         check_features(features, self.in_dim, "SegmentationHead")
         out_size = check_size(size, features, "SegmentationHead")
         # A 1x1 conv commutes with bilinear upsampling, so classifying first is exact and K/C times cheaper.
-        logits = self.classifier(self.norm(features))
-        if logits.shape[-2:] == out_size:
-            return logits
-        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return resize_to(self.classifier(self.norm(features)), out_size)
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, num_classes={self.num_classes}"

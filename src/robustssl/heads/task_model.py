@@ -32,4 +32,4 @@ class TaskModel(nn.Module):
             return self.encoder.embed(x)
         if self.task == "classification":
             return self.head(self.encoder.embed(x))
-        return self.head(self.encoder.dense(x), size=tuple(x.shape[-2:]))
+        return self.head(self.encoder.dense(x), size=x.shape[-2:])

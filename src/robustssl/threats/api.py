@@ -28,6 +28,7 @@ from robustssl.runtime.validation import check_image
 from robustssl.threats.attacks import ATTACKS, Attack
 from robustssl.threats.attacks.base import build_attack, detach, first_tensor, select
 from robustssl.threats.attacks.eot import accepts_generator
+from robustssl.threats.fusion import fold_batch_norm
 from robustssl.threats.objectives import OBJECTIVES, Objective, objective_for_task
 from robustssl.threats.threat_model import ThreatModel
 
@@ -229,6 +230,7 @@ def attack(
     objective: Objective | str | None = None,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    fold_bn: bool = True,
     **kwargs: Any,
 ) -> AttackResult | SweepResult:
     """Attack ``model`` on ``x`` (B, C, H, W) in [0, 1] with attack ``name`` (registered name or instance;
@@ -237,8 +239,11 @@ def attack(
     ``target``: labels (B,), masks (B, H, W), depth (B, H, W), a dict for multi-task models, or None for
     embeddings. ``objective`` None picks it from ``model.task`` (see ``resolve_objective``). ``generator``
     None uses a fresh generator seeded 0 (results are reproducible either way). ``precision`` (fp32, bf16,
-    fp16) runs the model's forward passes under autocast; losses are computed in fp32. Returns an
-    ``AttackResult`` for one eps, a ``SweepResult`` for a list. The model's mode and weights are untouched.
+    fp16) runs the model's forward passes under autocast; losses are computed in fp32. ``fold_bn`` lets the
+    attack's own passes run on a view of the model with eval-mode batch norm folded into the layer before it
+    (``robustssl.threats.fusion``: the same function up to rounding, cheaper to differentiate); clean and
+    adversarial outputs, and so every verdict, come from the model as given. Returns an ``AttackResult`` for
+    one eps, a ``SweepResult`` for a list. The model's mode and weights are untouched.
     """
     if isinstance(name, str) and name not in ATTACKS:
         raise UnknownNameError("attack", name, ATTACKS.names())
@@ -247,7 +252,9 @@ def attack(
     _check_batch(x, target)
     attacker = build_attack(name, **kwargs)
     objective = resolve_objective(objective, model, target)
-    model = _with_precision(model, precision, x.device)
+    folded = fold_batch_norm(model) if fold_bn else model
+    attacked = _with_precision(folded, precision, x.device)
+    model = attacked if folded is model else _with_precision(model, precision, x.device)
     evaluate = attacker.target_forward(model)
     generator = generator if generator is not None else make_generator(0, x.device)
     label = name if isinstance(name, str) else attacker.name
@@ -272,7 +279,7 @@ def attack(
         fwd, bwd = (x.shape[0], 0) if position == 0 else (0, 0)
         if rows.numel():
             tgt = select(target, rows)
-            x_rows = attacker.attack(model, x[rows], tgt, objective, threat, generator).detach()
+            x_rows = attacker.attack(attacked, x[rows], tgt, objective, threat, generator).detach()
             with torch.no_grad():
                 out = detach(evaluate(x_rows))
             fwd += attacker.counts["fwd"] + int(rows.numel())
