@@ -4,7 +4,9 @@
 
 METHOD ``deterministic``/``contrastive``: loss without random views on a BatchNorm-free ViT: 2 ranks with
 the global batch split in two must end with the single-process weights. METHOD ``simclr``: random views and
-the NT-Xent negatives gathered across ranks; checks that every rank ends with the same parameters.
+the NT-Xent negatives gathered across ranks; checks that every rank ends with the same parameters. METHOD
+``precise-bn``: the deterministic loss on a BatchNorm ConvNet with ``precise_bn_images``; the checksum
+includes the batch-norm running statistics, which the ranks recompute identically after the last step.
 Rank 0 writes ``OUT_DIR/params.json`` (each rank's parameter checksum) next to the trainer's files.
 """
 
@@ -50,15 +52,20 @@ def main(method_name: str, out: str) -> None:
         encoder = rs.encoders.create(
             "vit_tiny", img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2
         )
-        if method_name == "simclr":
+        if method_name == "precise-bn":
+            encoder = rs.encoders.create("convnet_small", widths=(8, 8, 8, 8))
+            method = METHODS.create("test-deterministic", encoder=encoder)
+        elif method_name == "simclr":
             method = METHODS.create("simclr", encoder=encoder, proj_hidden_dim=16, proj_dim=8, views="tiny")
         else:
             method = METHODS.create(f"test-{method_name}", encoder=encoder)
     config = TrainConfig(
-        steps=6, batch_size=16, lr=0.05, device="cpu", seed=1, log_every=0, tensorboard=False
+        steps=6, batch_size=16, lr=0.05, device="cpu", seed=1, log_every=0, tensorboard=False,
+        precise_bn_images=64 if method_name == "precise-bn" else 0,
     )
     train(method, data, config, out_dir=out, method_name=method_name)
-    checksum = float(sum(p.detach().double().sum() for p in method.parameters()))
+    tensors = [*method.parameters(), *(method.buffers() if method_name == "precise-bn" else ())]
+    checksum = float(sum(t.detach().double().sum() for t in tensors))
     sums = distributed.gather_objects(checksum)
     if distributed.is_main():
         (__import__("pathlib").Path(out) / "params.json").write_text(json.dumps(sums))

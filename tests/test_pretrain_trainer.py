@@ -440,6 +440,26 @@ def test_ddp_simclr_keeps_ranks_in_sync_and_rank0_writes(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
 
 
+def test_ddp_precise_bn_leaves_every_rank_with_the_statistics_of_one_recomputation(tmp_path):
+    """Each rank recomputes the statistics on the same seeded images, so the ranks agree on weights and
+    running statistics, and rank 0's saved statistics are what one process recomputes from those weights."""
+    sums = _run_script("precise-bn", tmp_path, 2)
+    assert len(sums) == 2 and sums[0] == sums[1]
+    saved = rs.encoders.load(tmp_path / "encoder.safetensors")
+    expected = rs.encoders.load(tmp_path / "encoder.safetensors")
+    for bn in _batch_norms_of(expected):
+        bn.running_mean.fill_(123.0)  # whatever was there must not matter
+    data = rs.data.load("scenes", split="train", size=32, n=64)
+    precise_batch_norm(expected, data, 64, 16, seed=1, device=torch.device("cpu"))
+    for got, want in zip(_batch_norms_of(saved), _batch_norms_of(expected), strict=True):
+        torch.testing.assert_close(got.running_mean, want.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.running_var, want.running_var, rtol=1e-5, atol=1e-6)
+
+
+def _batch_norms_of(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
 @pytest.mark.parametrize("name", [n for n in METHODS.names() if not n.startswith("test-")])
 def test_every_method_refuses_a_module_without_the_encoder_interface(name):
     from torch import nn
