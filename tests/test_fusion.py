@@ -55,6 +55,10 @@ def test_a_conv_bn_pair_folds_into_the_hand_computed_convolution():
     torch.testing.assert_close(conv[0].weight, model[0].weight * scale[:, None, None, None])
     torch.testing.assert_close(conv[0].bias, (model[0].bias - bn.running_mean) * scale + bn.bias)
     assert not any(p.requires_grad for p in conv[0].parameters())
+    # on CPU the view's own weight is channels-last; the model's keeps its layout
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous()
+    assert not model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize(
@@ -80,8 +84,11 @@ def test_folded_task_models_match_and_the_model_is_untouched(encoder, options, t
     out, grad = _value_and_input_gradient(model, x)
     out_f, grad_f = _value_and_input_gradient(folded, x)
     torch.testing.assert_close(out_f, out, rtol=1e-4, atol=1e-5)
-    # a ReLU input within rounding of 0 may switch sides: compare the gradients as vectors
-    assert (grad_f - grad).norm() <= 1e-3 * grad.norm()
+    # A ReLU input within rounding of 0 may switch sides and reroute part of the gradient: on this randomized
+    # segmentation model, moving the input by 1e-6 changes the plain model's own gradient by 0.25% (norm) for
+    # one of three draws. So: compare as vectors, and the signs (what an L-inf step uses) nearly all agree.
+    assert (grad_f - grad).norm() <= 1e-2 * grad.norm()
+    assert (grad_f.sign() == grad.sign()).float().mean() >= 0.999
     after = _snapshot(model)
     assert before[1] == after[1]  # same module objects in the same places, same modes
     assert all(torch.equal(v, after[0][k]) for k, v in before[0].items())
