@@ -94,7 +94,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def side_by_side(ours: Callable[[], object], base: Callable[[], object], repeats: int):
     """Median seconds of ours and of the baseline over alternating runs, the median of the per-pair ratios
-    (robust to the load of a shared machine drifting between pairs), and the last outputs."""
+    (robust to the load of a shared machine drifting between pairs), and the last outputs. Each side runs
+    once untimed first, so neither pays for first-call setup (oneDNN primitives for new shapes, allocator
+    growth) inside the timing."""
+    ours()
+    base()
     t_ours, t_base, out_ours, out_base = [], [], None, None
     for _ in range(repeats):
         dt, out_ours = timed(ours)
